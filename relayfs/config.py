@@ -1,0 +1,171 @@
+"""One Config value, built from defaults <- TOML file <- RELAYFS_* environment <- flags.
+
+Every setting has one name used everywhere: the TOML key, the upper-cased environment
+variable with a ``RELAYFS_`` prefix, and the CLI flag with dashes (``cache_dir`` /
+``RELAYFS_CACHE_DIR`` / ``--cache-dir``). Secrets are not settings: S3 credentials come from
+boto3's usual chain (environment, ``~/.aws``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line naming the setting."""
+
+
+def parse_size(value: Any, name: str = "size") -> int:
+    """Accept 1048576, "1048576", "64MiB", "1G", "512k" (binary units)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ConfigError(f"{name}: cannot read {value!r} as a size (try 256MiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def default_store_url() -> str:
+    """The embedded default L3: a local directory, so a first mount needs no account."""
+    data = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return (data / "relayfs" / "store").as_uri()
+
+
+def _default_cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "relayfs"
+
+
+def default_config_file() -> Path:
+    config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return config / "relayfs" / "config.toml"
+
+
+@dataclass
+class Config:
+    """Effective settings of one mount (or one SDK store)."""
+
+    l3: str = field(default_factory=default_store_url)
+    cache_dir: Path | None = None  # None: derived from l3 under ~/.cache/relayfs/
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    part_size: int = 8 * MiB
+    transfer_threads: int = 4
+    upload_concurrency: int = 4
+    l1_bytes: int = 256 * MiB
+    l2_bytes: int = 20 * GiB
+    jobs_keep_seconds: float = 3600.0
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    allow_other: bool = False
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.cache_dir is None:
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.l3).strip("_")[-100:]
+            self.cache_dir = _default_cache_root() / slug
+        self.cache_dir = Path(self.cache_dir).expanduser()
+
+    @property
+    def cache(self) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir
+
+    def shown(self) -> dict[str, Any]:
+        """The settings as plain values, safe to print (holds no secrets)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_SIZES = {"part_size", "l1_bytes", "l2_bytes"}
+_INTS = {"transfer_threads", "upload_concurrency"}
+_FLOATS = {"jobs_keep_seconds", "retry_base_seconds", "retry_max_seconds"}
+_BOOLS = {"allow_other"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in _SIZES:
+        return parse_size(value, name)
+    try:
+        if name in _INTS:
+            out = int(value)
+            if out < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {value!r}")
+            return out
+        if name in _FLOATS:
+            return float(value)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if name in _BOOLS:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if name == "cache_dir":
+        return Path(str(value)).expanduser()
+    return str(value)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):  # [l3] endpoint = ... reads as l3_endpoint style keys
+            for sub, subval in value.items():
+                flat[f"{key}_{sub}"] = subval
+        else:
+            flat[key] = value
+    unknown = sorted(set(flat) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
+    return flat
+
+
+def load_config(
+    config_file: str | os.PathLike[str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge defaults, the TOML file, ``RELAYFS_*`` variables and flags (None = unset)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or env.get("RELAYFS_CONFIG")
+    if path:
+        values.update(_read_toml(Path(path).expanduser()))
+    elif default_config_file().exists():
+        values.update(_read_toml(default_config_file()))
+    for name in _FIELDS:
+        raw = env.get(f"RELAYFS_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = raw
+    for name, value in (flags or {}).items():
+        if value is not None:
+            if name not in _FIELDS:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = value
+    return Config(**{k: _coerce(k, v) for k, v in values.items()})

@@ -1,0 +1,669 @@
+"""The FUSE operations: translate the kernel's requests into catalog and tier calls.
+
+Handlers stay thin. The one place inner errors become errnos is ``ERRNO_OF`` (applied by
+the ``fuse_errors`` decorator on every operation).
+
+Open files are ``Handle`` objects in ``self.handles``:
+
+* ``VersionHandle`` reads one version's bytes (``vK``, or ``latest`` as it was at open);
+* ``FileHandle`` reads and writes a work file in L2: a draft (a new file, or ``NAME/NAME``),
+  a scratch file, or a private draft of ``latest`` opened for writing;
+* ``TextHandle`` serves a ``.jobs/ID`` snapshot rendered at open.
+
+A writable draft commits at ``flush`` (the kernel sends it from ``close(2)`` and waits for
+it) once bytes were written through it, so ``close()`` returns once the version is durable
+on L2. A shell's ``>`` opens, ``dup2``s and closes the first descriptor before writing: that
+first flush finds nothing written and commits nothing. A draft that was only created or
+truncated (``touch new``, ``: > NAME/latest``) commits at ``release``. Each FileHandle has a
+lock held across a write and across a commit, so a commit never seals bytes mid-write.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyfuse3
+import trio
+
+from . import errors
+from .catalog import JOBS_DIR_INO, LATEST_BASE, ROOT_INO, Catalog, Node
+from .jobs import JobRunner
+from .store import layout
+from .store.l2 import BlobInfo, DiskCache
+from .store.tiers import BlobReader, Tiers
+
+log = logging.getLogger(__name__)
+
+ERRNO_OF: dict[type[Exception], int] = {
+    errors.NotFound: errno.ENOENT,
+    errors.AlreadyExists: errno.EEXIST,
+    errors.NotEmpty: errno.ENOTEMPTY,
+    errors.ReadOnly: errno.EROFS,
+    errors.InvalidName: errno.EINVAL,
+    errors.NameTooLong: errno.ENAMETOOLONG,
+    errors.IsADirectory: errno.EISDIR,
+    errors.NotADirectory: errno.ENOTDIR,
+    errors.NotPermitted: errno.EPERM,
+    errors.NoSpace: errno.ENOSPC,
+    errors.IntegrityError: errno.EIO,
+    errors.Unavailable: errno.EIO,
+}
+
+XATTRS = (b"user.relayfs.sha256", b"user.relayfs.job", b"user.relayfs.state", b"user.relayfs.tier")
+CONTROL_XATTR = b"user.relayfs.control"
+VERSION_TIMEOUT = 60.0  # versions never change; deletes come through the kernel itself
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def fuse_errors(fn: F) -> F:
+    """Turn RelayFS's typed errors (and OSErrors of L2) into FUSEError, in one place."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except errors.RelayError as e:
+            code = ERRNO_OF.get(type(e), errno.EIO)
+            log.debug("%s: %s (%s)", fn.__name__, e, errno.errorcode[code])
+            raise pyfuse3.FUSEError(code) from None
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class VersionHandle:
+    node: Node
+    reader: BlobReader
+
+
+@dataclass
+class FileHandle:
+    """A work file open for reading and writing.
+
+    ``ino`` is the node's inode (draft or scratch) or, for a draft of ``latest``, the
+    vfile's. ``commits`` says whether flushing makes a version.
+    """
+
+    ino: int
+    work: str | None
+    fd: int | None
+    commits: bool
+    vfile: int | None = None  # for drafts of latest: the vfile they commit to
+    base_sha: str | None = None  # what the draft started from (no change, no version)
+    written: bool = False  # bytes or size changed through this handle since its last commit
+    pending: bool = False  # created or truncated at open: commits at release at the latest
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+@dataclass
+class TextHandle:
+    data: bytes
+
+
+Handle = VersionHandle | FileHandle | TextHandle
+
+
+class Operations(pyfuse3.Operations):
+    """RelayFS as the kernel sees it."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, catalog: Catalog, tiers: Tiers, l2: DiskCache, jobs: JobRunner, *, control_path: str, jobs_keep: float) -> None:
+        super().__init__()
+        self.catalog = catalog
+        self.tiers = tiers
+        self.l2 = l2
+        self.jobs = jobs
+        self.control_path = control_path
+        self.jobs_keep = jobs_keep
+        self.handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self.work_users: dict[str, int] = {}  # work file -> open FileHandles on it
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.disk = tiers.disk
+
+    # -- attributes --------------------------------------------------------------------
+    def _attr(self, ino: int, mode: int, size: int, mtime_ns: int, timeout: float) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.st_mode = mode
+        a.st_nlink = 2 if stat.S_ISDIR(mode) else 1
+        a.st_size = size
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime_ns
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (size + 511) // 512
+        a.entry_timeout = timeout
+        a.attr_timeout = timeout
+        return a
+
+    def _node_attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.kind == "version":
+            return self._attr(node.ino, node.mode, node.size, node.mtime_ns, VERSION_TIMEOUT)
+        if node.kind in ("draft", "scratch"):
+            assert node.work is not None
+            try:
+                st = os.stat(self.l2.work_path(node.work))
+                size, mtime = st.st_size, st.st_mtime_ns
+            except FileNotFoundError:
+                size, mtime = 0, node.mtime_ns
+            return self._attr(node.ino, node.mode, size, mtime, 0.0)
+        return self._attr(node.ino, node.mode, 0, node.mtime_ns, 0.0)
+
+    def _latest_attr(self, vfile: Node) -> pyfuse3.EntryAttributes:
+        head = self.catalog.head(vfile.ino)
+        if head is None:
+            raise errors.NotFound("no versions")
+        return self._attr(LATEST_BASE + vfile.ino, 0o100644, head.size, head.mtime_ns, 0.0)
+
+    def _jobs_attr(self) -> pyfuse3.EntryAttributes:
+        return self._attr(JOBS_DIR_INO, 0o040555, 0, time.time_ns(), 0.0)
+
+    def _job_attr(self, job_id: int) -> pyfuse3.EntryAttributes:
+        job = self.catalog.job(job_id)
+        size = len(self.jobs.render(job))
+        return self._attr(JOBS_DIR_INO + job_id, 0o100444, size, int(job.updated * 1e9), 0.0)
+
+    def _visible_jobs(self) -> list[int]:
+        return [j.id for j in self.catalog.jobs(since=time.time() - self.jobs_keep)]
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        if inode == JOBS_DIR_INO:
+            return self._jobs_attr()
+        if inode > JOBS_DIR_INO:
+            return self._job_attr(inode - JOBS_DIR_INO)
+        if inode >= LATEST_BASE:
+            return self._latest_attr(self.catalog.get(inode - LATEST_BASE))
+        try:
+            return self._node_attr(self.catalog.get(inode))
+        except errors.NotFound:
+            for h in self.handles.values():  # open but no longer in the namespace
+                if isinstance(h, FileHandle) and h.ino == inode and h.fd is not None:
+                    st = os.fstat(h.fd)
+                    return self._attr(inode, 0o100644, st.st_size, st.st_mtime_ns, 0.0)
+            raise
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        if parent_inode == JOBS_DIR_INO:
+            try:
+                job_id = int(name)
+            except ValueError:
+                raise errors.NotFound(name) from None
+            return self._job_attr(job_id)
+        if parent_inode == ROOT_INO and name == b".jobs":
+            return self._jobs_attr()
+        text = layout.check_name(name)
+        parent = self.catalog.get(parent_inode)
+        if parent.kind == "vfile" and text == "latest":
+            return self._latest_attr(parent)
+        return self._node_attr(self.catalog.lookup(parent_inode, text))
+
+    # -- directories -------------------------------------------------------------------
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode != JOBS_DIR_INO and not self.catalog.get(inode).is_folder:
+            raise errors.NotADirectory("not a folder")
+        return inode
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if fh == JOBS_DIR_INO:
+            for job_id in self._visible_jobs():
+                if job_id <= start_id:
+                    continue
+                if not pyfuse3.readdir_reply(token, str(job_id).encode(), self._job_attr(job_id), job_id):
+                    return
+            return
+        node = self.catalog.get(fh)
+        # id 1 is the first virtual entry (.jobs or latest); real entries use their inode
+        if start_id < 1:
+            if fh == ROOT_INO:
+                if not pyfuse3.readdir_reply(token, b".jobs", self._jobs_attr(), 1):
+                    return
+            elif node.kind == "vfile" and self.catalog.head(node.ino) is not None:
+                if not pyfuse3.readdir_reply(token, b"latest", self._latest_attr(node), 1):
+                    return
+        for child in self.catalog.children(fh, after_ino=max(start_id, 1)):
+            if not pyfuse3.readdir_reply(token, child.name.encode(), self._node_attr(child), child.ino):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_writable_parent(parent_inode)
+        node = await self.catalog.mkdir(parent_inode, layout.check_name(name), mode)
+        return self._node_attr(node)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable_parent(parent_inode)
+        await self.catalog.remove(parent_inode, layout.check_name(name), folder=True)
+
+    def _check_writable_parent(self, parent_inode: int) -> None:
+        if parent_inode == JOBS_DIR_INO or parent_inode > JOBS_DIR_INO:
+            raise errors.ReadOnly(".jobs is read-only")
+
+    # -- removing and renaming ---------------------------------------------------------
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable_parent(parent_inode)
+        text = layout.check_name(name)
+        parent = self.catalog.get(parent_inode)
+        if parent.kind == "vfile" and text == "latest":
+            # `latest` is an alias of the newest version: removing it removes nothing, so
+            # that `rm -r NAME` can walk the folder. Remove a version by its vK name.
+            self._latest_attr(parent)
+            return
+        node = await self.catalog.remove(parent_inode, text, folder=False)
+        if node.work and not self.work_users.get(node.work):
+            await trio.to_thread.run_sync(self.l2.remove_work, node.work, limiter=self.disk)
+
+    @fuse_errors
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._check_writable_parent(parent_inode_old)
+        self._check_writable_parent(parent_inode_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise errors.InvalidName("exchanging names is not supported")
+        old, new = layout.check_name(name_old), layout.check_name(name_new)
+        src_parent = self.catalog.get(parent_inode_old)
+        dst_parent = self.catalog.get(parent_inode_new)
+        if src_parent.kind == "vfile" and old == "latest":
+            raise errors.ReadOnly("latest cannot be renamed; copy it instead")
+        if dst_parent.kind == "vfile" and new == "latest":
+            src = self.catalog.lookup(parent_inode_old, old)
+            if src.kind not in ("draft", "scratch"):
+                raise (errors.ReadOnly if src.kind == "version" else errors.IsADirectory)("only a file can become a version")
+            assert src.work is not None
+            shared = bool(self.work_users.get(src.work))
+            await self._commit_work(dst_parent.ino, src.work, keep=shared, consume=src.ino)
+            return
+        node = await self.catalog.rename(
+            parent_inode_old, old, parent_inode_new, new, noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE)
+        )
+        if node.kind == "draft" and node.work and not self.work_users.get(node.work):
+            await self._commit_work(node.ino, node.work, keep=False)
+
+    async def _commit_work(self, target: int, work: str, *, keep: bool, consume: int | None = None, base_sha: str | None = None) -> Node | None:
+        """Seal a work file into L2 and commit it as the next version of ``target``.
+
+        ``keep``: the work file stays (other handles still use it), so a copy is sealed.
+        Nothing is committed when the bytes equal ``target``'s newest version (or
+        ``base_sha``): opening for write and closing with no change commits nothing.
+        """
+        seal = self.l2.snapshot if keep else self.l2.seal
+        info: BlobInfo = await trio.to_thread.run_sync(seal, work, limiter=self.disk)
+        t = self.catalog.get(target)
+        head = self.catalog.head(t.ino) if t.kind == "vfile" else None
+        unchanged = base_sha if base_sha is not None else (head.sha256 if head else None)
+        if t.kind == "vfile" and info.sha256 == unchanged:
+            if consume is not None:
+                await self.catalog.remove(self.catalog.get(consume).parent, self.catalog.get(consume).name, folder=False)
+            log.debug("no change to %s; nothing committed", t.name)
+            return None
+        node = await self.catalog.commit(target, info, consume=consume)
+        vfile = self.catalog.get(node.parent)
+        pyfuse3.invalidate_entry_async(vfile.parent, vfile.name.encode(), ignore_enoent=True)
+        if t.kind == "draft" and t.parent != vfile.ino:
+            pass  # a new file: the parent's entry for its name now points at the vfile
+        elif t.kind == "draft":
+            pyfuse3.invalidate_entry_async(vfile.ino, t.name.encode(), ignore_enoent=True)
+        log.info("committed /%s/v%s (%d bytes, sha256 %s)", self.catalog.path_of(vfile.ino), node.num, node.size, info.sha256[:12])
+        return node
+
+    # -- links: refused by design -------------------------------------------------------
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise errors.NotPermitted("symbolic links are not supported")
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise errors.NotPermitted("hard links are not supported")
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise errors.NotPermitted("only regular files and folders can be created")
+
+    # -- opening -----------------------------------------------------------------------
+    def _new_fh(self, handle: Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = handle
+        if isinstance(handle, FileHandle) and handle.work:
+            self.work_users[handle.work] = self.work_users.get(handle.work, 0) + 1
+        return fh
+
+    def _open_version(self, node: Node) -> VersionHandle:
+        assert node.sha256 is not None
+        blob = self.catalog.blob(node.sha256)
+        return VersionHandle(node, self.tiers.open(blob.sha256, blob.size, blob.chunk_size, blob.chunks))
+
+    async def _open_work_fd(self, work: str, truncate: bool) -> int:
+        flags = os.O_RDWR | (os.O_TRUNC if truncate else 0)
+        return await trio.to_thread.run_sync(os.open, self.l2.work_path(work), flags, limiter=self.disk)
+
+    async def _latest_draft(self, vfile: Node, truncate: bool) -> FileHandle:
+        head = self.catalog.head(vfile.ino)
+        base = head.sha256 if head else None
+        copy_from = None if truncate or head is None or head.size == 0 else base
+        if copy_from is not None and not self.l2.has_blob(copy_from):
+            await self._thaw_whole(head)  # type: ignore[arg-type]
+        work = await trio.to_thread.run_sync(self.l2.new_work_file, copy_from, limiter=self.disk)
+        fd = await self._open_work_fd(work, False)
+        return FileHandle(LATEST_BASE + vfile.ino, work, fd, commits=True, vfile=vfile.ino, base_sha=base or "", pending=truncate)
+
+    async def _thaw_whole(self, node: Node) -> None:
+        """Bring a cold version into L2 completely (the start of a copy-on-write draft)."""
+        h = self._open_version(node)
+        try:
+            off = 0
+            while off < node.size:
+                off += len(await h.reader.read(off, 8 * layout.CHUNK_SIZE)) or node.size
+            if h.reader.thaw is not None:
+                await h.reader.thaw.finished.wait()
+                if h.reader.thaw.error:
+                    raise h.reader.thaw.error
+        finally:
+            h.reader.close()
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        writing = flags & (os.O_WRONLY | os.O_RDWR) or flags & os.O_TRUNC
+        fi = pyfuse3.FileInfo()
+        if inode > JOBS_DIR_INO:
+            if writing:
+                raise errors.ReadOnly(".jobs is read-only")
+            job = self.catalog.job(inode - JOBS_DIR_INO)
+            fi.fh = self._new_fh(TextHandle(self.jobs.render(job)))
+            fi.direct_io = True
+            return fi
+        if inode >= LATEST_BASE:
+            vfile = self.catalog.get(inode - LATEST_BASE)
+            if writing:
+                handle: Handle = await self._latest_draft(vfile, truncate=bool(flags & os.O_TRUNC))
+            else:
+                head = self.catalog.head(vfile.ino)
+                if head is None:
+                    raise errors.NotFound("no versions")
+                handle = self._open_version(head)
+            fi.fh = self._new_fh(handle)
+            fi.direct_io = True  # latest changes meaning; never serve it from stale pages
+            return fi
+        node = self.catalog.get(inode)
+        if node.kind == "version":
+            if writing:
+                raise errors.ReadOnly("versions are immutable")
+            fi.fh = self._new_fh(self._open_version(node))
+            fi.keep_cache = True
+            return fi
+        if node.kind in ("draft", "scratch"):
+            assert node.work is not None
+            fd = await self._open_work_fd(node.work, bool(flags & os.O_TRUNC))
+            fi.fh = self._new_fh(FileHandle(node.ino, node.work, fd, commits=node.kind == "draft" and bool(writing), pending=bool(writing)))
+            return fi
+        raise errors.IsADirectory(f"{node.name} is a folder")
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable_parent(parent_inode)
+        text = layout.check_name(name)
+        parent = self.catalog.get(parent_inode)
+        fi = pyfuse3.FileInfo()
+        if parent.kind == "vfile" and text == "latest":  # a vfile with no versions left
+            handle = await self._latest_draft(parent, truncate=True)
+            fi.fh = self._new_fh(handle)
+            fi.direct_io = True
+            return fi, self._attr(LATEST_BASE + parent.ino, 0o100644, 0, time.time_ns(), 0.0)
+        if parent.kind not in ("dir", "vfile"):
+            raise errors.NotADirectory("not a folder")
+        work = await trio.to_thread.run_sync(self.l2.new_work_file, None, limiter=self.disk)
+        try:
+            node = await self.catalog.create(parent_inode, text, mode, work)
+        except BaseException:
+            await trio.to_thread.run_sync(self.l2.remove_work, work, limiter=self.disk)
+            raise
+        fd = await self._open_work_fd(work, False)
+        fi.fh = self._new_fh(FileHandle(node.ino, work, fd, commits=node.kind == "draft", pending=True))
+        return fi, self._node_attr(node)
+
+    # -- reading and writing -----------------------------------------------------------
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handles[fh]
+        if isinstance(h, VersionHandle):
+            return await h.reader.read(off, size)
+        if isinstance(h, TextHandle):
+            return h.data[off:off + size]
+        async with h.lock:
+            if h.fd is None:
+                await self._reopen(h)
+            assert h.fd is not None
+            return await trio.to_thread.run_sync(os.pread, h.fd, size, off, limiter=self.disk)
+
+    async def _reopen(self, h: FileHandle) -> None:
+        """A handle whose bytes were committed goes on as a draft of the file's latest."""
+        assert h.vfile is not None
+        vfile = self.catalog.get(h.vfile)
+        fresh = await self._latest_draft(vfile, truncate=False)
+        h.work, h.fd, h.base_sha, h.ino = fresh.work, fresh.fd, fresh.base_sha, fresh.ino
+        self.work_users[h.work] = self.work_users.get(h.work, 0) + 1  # type: ignore[index]
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handles[fh]
+        if not isinstance(h, FileHandle):
+            raise errors.ReadOnly("not open for writing")
+        async with h.lock:
+            if h.fd is None:
+                await self._reopen(h)
+            assert h.fd is not None
+            n = await trio.to_thread.run_sync(os.pwrite, h.fd, buf, off, limiter=self.disk)
+            h.written = True
+            return n
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, FileHandle) and h.commits and h.written:
+            async with h.lock:
+                await self._commit_handle(h)
+
+    async def _commit_handle(self, h: FileHandle) -> None:
+        """Commit what a writable draft holds; the handle may go on writing a new draft."""
+        if h.fd is None or h.work is None or not (h.written or h.pending):
+            return
+        shared = self.work_users.get(h.work, 0) > 1
+        target = h.vfile if h.vfile is not None else h.ino
+        if not shared:
+            os.close(h.fd)
+            h.fd = None
+            self._drop_work_user(h.work)
+        node = await self._commit_work(target, h.work, keep=shared, base_sha=h.base_sha if h.vfile else None)
+        h.written = h.pending = False
+        if node is not None:
+            h.vfile = node.parent
+            h.base_sha = node.sha256
+        if not shared:
+            h.work = None
+
+    def _drop_work_user(self, work: str) -> int:
+        left = self.work_users.get(work, 1) - 1
+        if left <= 0:
+            self.work_users.pop(work, None)
+        else:
+            self.work_users[work] = left
+        return left
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, FileHandle) and h.fd is not None:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd, limiter=self.disk)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh)
+        if isinstance(h, VersionHandle):
+            h.reader.close()
+            return
+        if not isinstance(h, FileHandle):
+            return
+        async with h.lock:
+            if h.commits and (h.written or h.pending):  # created or truncated only, or no flush came
+                try:
+                    await self._commit_handle(h)
+                except errors.RelayError as e:
+                    log.error("commit at release failed: %s", e)
+            if h.fd is not None:
+                os.close(h.fd)
+            if h.work is not None and self._drop_work_user(h.work) == 0:
+                still_named = any(n.work == h.work for n in self._node_or_none(h.ino))
+                if not still_named:
+                    await trio.to_thread.run_sync(self.l2.remove_work, h.work, limiter=self.disk)
+
+    def _node_or_none(self, ino: int) -> list[Node]:
+        if ino >= LATEST_BASE:
+            return []
+        try:
+            return [self.catalog.get(ino)]
+        except errors.NotFound:
+            return []
+
+    # -- attributes changes ------------------------------------------------------------
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode >= JOBS_DIR_INO or inode == ROOT_INO and (fields.update_size):
+            raise errors.ReadOnly("read-only")
+        if inode >= LATEST_BASE:
+            return await self._setattr_latest(inode, attr, fields, fh)
+        node = self.catalog.get(inode)
+        if node.kind == "version":
+            raise errors.ReadOnly("versions are immutable")
+        if fields.update_uid and attr.st_uid != self.uid or fields.update_gid and attr.st_gid != self.gid:
+            raise errors.NotPermitted("files belong to the mounting user")
+        if node.kind in ("draft", "scratch"):
+            assert node.work is not None
+            path = self.l2.work_path(node.work)
+            if fields.update_size:
+                await trio.to_thread.run_sync(os.truncate, path, attr.st_size, limiter=self.disk)
+                self._mark_written(node.work)
+            if fields.update_mtime or fields.update_atime:
+                st = os.stat(path)
+                times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns, attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
+                os.utime(path, ns=times)
+        elif fields.update_size:
+            raise errors.IsADirectory("a folder has no size")
+        node = await self.catalog.set_attrs(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime and node.is_folder else None,
+        )
+        return self._node_attr(node)
+
+    def _mark_written(self, work: str) -> None:
+        for h in self.handles.values():
+            if isinstance(h, FileHandle) and h.work == work:
+                h.written = True
+
+    async def _setattr_latest(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None) -> pyfuse3.EntryAttributes:
+        vfile = self.catalog.get(inode - LATEST_BASE)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise errors.ReadOnly("a version's mode cannot change")
+        if fields.update_size:
+            h = self.handles.get(fh) if fh is not None else None
+            if isinstance(h, FileHandle):
+                async with h.lock:
+                    if h.fd is None:
+                        await self._reopen(h)
+                    assert h.fd is not None
+                    await trio.to_thread.run_sync(os.ftruncate, h.fd, attr.st_size, limiter=self.disk)
+                    h.written = True
+                st = os.fstat(h.fd)  # type: ignore[arg-type]
+                return self._attr(inode, 0o100644, st.st_size, st.st_mtime_ns, 0.0)
+            # truncate(2) with no open file: a new version at once
+            draft = await self._latest_draft(vfile, truncate=attr.st_size == 0)
+            assert draft.fd is not None and draft.work is not None
+            await trio.to_thread.run_sync(os.ftruncate, draft.fd, attr.st_size, limiter=self.disk)
+            os.close(draft.fd)
+            await self._commit_work(vfile.ino, draft.work, keep=False)
+        # times of a version are its commit time: nothing else to change
+        return self._latest_attr(vfile)
+
+    # -- extended attributes -----------------------------------------------------------
+    def _version_of(self, inode: int) -> Node | None:
+        if JOBS_DIR_INO > inode >= LATEST_BASE:
+            return self.catalog.head(inode - LATEST_BASE)
+        if inode < LATEST_BASE:
+            node = self.catalog.get(inode)
+            if node.kind == "version":
+                return node
+        return None
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode == ROOT_INO and name == CONTROL_XATTR:
+            return self.control_path.encode()
+        node = self._version_of(inode)
+        if node is None or name not in XATTRS:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        assert node.sha256 is not None
+        if name == b"user.relayfs.sha256":
+            return node.sha256.encode()
+        if name == b"user.relayfs.job":
+            return str(node.job_id or "").encode()
+        if name == b"user.relayfs.state":
+            return self.catalog.version_state(node).encode()
+        tiers = self.tiers.where(node.sha256)
+        if self.catalog.blob(node.sha256).durable:
+            tiers.append("L3")
+        return ",".join(tiers).encode()
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return list(XATTRS) if self._version_of(inode) is not None else []
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self._version_of(inode) is not None:
+            raise errors.ReadOnly("versions are immutable")
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self._version_of(inode) is not None:
+            raise errors.ReadOnly("versions are immutable")
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    # -- the file system ---------------------------------------------------------------
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.l2.root)
+        out = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
+            setattr(out, attr, getattr(st, attr))
+        out.f_namemax = layout.NAME_MAX
+        return out

@@ -1,0 +1,245 @@
+"""Background jobs: the workers that carry commits, deletes and namespace changes to L3.
+
+The journal is the ``jobs`` table of the catalog, so a job exists as soon as the
+transaction that made it commits, and a restart finds it again. ``JobRunner.run`` is one
+trio task that starts a worker task per runnable job, at most ``upload_concurrency`` at
+once. Jobs of one file run one at a time, in the order they were made (a delete never
+overtakes the upload of the same version). Blob uploads and blob deletes of one SHA-256
+hold that SHA's lock, so a delete cannot remove bytes another file's upload relies on.
+
+Progress counters are the only state written from worker threads (boto3's callbacks); each
+job's counter has its own ``threading.Lock``. Everything else is touched on the trio loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import trio
+
+from .catalog import Catalog, Job
+from .errors import IntegrityError
+from .store import layout
+from .store.l1 import ChunkCache
+from .store.l2 import DiskCache, hash_fd
+from .store.l3 import ObjectMissing, ObjectStore, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class PermanentJobError(Exception):
+    """A job that retrying cannot fix (its local bytes are gone or wrong, a clash)."""
+
+
+@dataclass
+class Progress:
+    """Bytes sent by one running job; written from transfer threads."""
+
+    done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+
+
+class JobRunner:
+    """Runs queued jobs against L3 with bounded concurrency and exponential backoff."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: ObjectStore,
+        l2: DiskCache,
+        l1: ChunkCache,
+        *,
+        concurrency: int,
+        retry_base: float,
+        retry_max: float,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.l2 = l2
+        self.l1 = l1
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.slots = trio.CapacityLimiter(concurrency)
+        self.io = trio.CapacityLimiter(concurrency * 2)  # threads blocked on L3
+        self.progress: dict[int, Progress] = {}
+        self._running: set[int] = set()
+        self._blob_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self.l3_ok: bool | None = None
+        self.l3_error = ""
+
+    # -- dispatch ----------------------------------------------------------------------
+    def runnable(self, now: float) -> tuple[list[Job], float | None]:
+        """Jobs to start now, and when the next backed-off job becomes due."""
+        busy_files: set[str] = set()
+        ready: list[Job] = []
+        next_due: float | None = None
+        for job in self.catalog.unfinished_jobs():
+            key = job.file_id or f"job{job.id}"
+            blocked = key in busy_files
+            busy_files.add(key)
+            if blocked or job.id in self._running:
+                continue
+            if job.not_before > now:
+                next_due = job.not_before if next_due is None else min(next_due, job.not_before)
+                continue
+            ready.append(job)
+        return ready, next_due
+
+    async def run(self) -> None:
+        """Forever: start what is runnable, then sleep until something changes."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                changed = self.catalog.changed
+                ready, next_due = self.runnable(time.time())
+                for job in ready:
+                    if self.slots.available_tokens == 0:
+                        break
+                    self._running.add(job.id)
+                    await self.slots.acquire_on_behalf_of(job.id)
+                    nursery.start_soon(self._work, job)
+                timeout = 30.0 if next_due is None else max(0.05, next_due - time.time())
+                with trio.move_on_after(timeout):
+                    await changed.wait()
+
+    # -- one job -----------------------------------------------------------------------
+    async def _work(self, job: Job) -> None:
+        try:
+            await self._attempt(job)
+        finally:
+            self._running.discard(job.id)
+            self.slots.release_on_behalf_of(job.id)
+            self.catalog._notify()
+
+    async def _attempt(self, job: Job) -> None:
+        attempts = job.attempts + 1
+        self.progress[job.id] = Progress()
+        await self.catalog.job_state(job.id, "running", attempts=attempts)
+        try:
+            if job.kind == "upload":
+                await self._upload(job)
+            elif job.kind == "ns":
+                await self._put_event(job)
+            elif job.kind == "delete":
+                await self._delete(job)
+            else:
+                raise PermanentJobError(f"unknown job kind {job.kind!r}")
+        except (PermanentJobError, IntegrityError) as e:
+            log.error("job %d (%s %s) failed: %s", job.id, job.kind, job.path, e)
+            await self.catalog.job_state(job.id, "failed", error=str(e))
+        except Exception as e:  # L3 trouble of any kind: retry with backoff
+            delay = min(self.retry_max, self.retry_base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.l3_ok, self.l3_error = False, reason
+            log.warning("job %d (%s %s) attempt %d: %s; retrying in %.1fs", job.id, job.kind, job.path, attempts, reason, delay)
+            await self.catalog.job_state(job.id, "retrying", error=reason, not_before=time.time() + delay)
+        else:
+            self.l3_ok, self.l3_error = True, ""
+            await self.catalog.job_state(job.id, "done", error="")
+        finally:
+            self.progress.pop(job.id, None)
+
+    async def _l3(self, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.io)
+
+    async def _upload(self, job: Job) -> None:
+        assert job.sha256 and job.key and job.body is not None
+        sha = job.sha256
+        blob = self.catalog.blob(sha)
+        async with self._blob_locks[sha]:
+            if not self.catalog.blob(sha).durable:
+                size = await self._l3(self.store.head, layout.blob_key(sha))
+                if size != blob.size:
+                    path = self.l2.blob_path(sha)
+                    if not path.exists():
+                        raise PermanentJobError(f"bytes of {job.path} are missing from the cache")
+                    await trio.to_thread.run_sync(self._check_local, path, sha)
+                    prog = self.progress[job.id]
+                    await self._l3(self.store.put_file, layout.blob_key(sha), str(path), progress=prog.add)
+                else:
+                    self.progress[job.id].add(blob.size)
+                await self.catalog.blob_durable(sha, True)
+            else:
+                self.progress[job.id].add(blob.size)
+        created = await self._l3(self.store.put_bytes, job.key, job.body, if_absent=True)
+        if not created:
+            existing = await self._l3(self.store.get_bytes, job.key)
+            assert isinstance(existing, bytes)
+            if layout.VersionRecord.from_json(existing).sha256 != sha:
+                raise PermanentJobError(f"{job.key} already holds different contents")
+
+    @staticmethod
+    def _check_local(path: object, sha: str) -> None:
+        import os
+
+        fd = os.open(str(path), os.O_RDONLY)
+        try:
+            if hash_fd(fd).sha256 != sha:
+                raise IntegrityError(f"cached bytes of blob {sha[:12]} are corrupt; not uploading them")
+        finally:
+            os.close(fd)
+
+    async def _put_event(self, job: Job) -> None:
+        assert job.key and job.body is not None
+        await self._l3(self.store.put_bytes, job.key, job.body, if_absent=True)
+        self.progress[job.id].add(len(job.body))
+
+    async def _delete(self, job: Job) -> None:
+        assert job.key and job.sha256
+        await self._l3(self.store.put_bytes, job.key, b"{}", if_absent=True)
+        sha = job.sha256
+        async with self._blob_locks[sha]:
+            if self.catalog.blob_refs(sha) == 0:
+                try:
+                    await self._l3(self.store.delete, layout.blob_key(sha))
+                except ObjectMissing:
+                    pass
+                await trio.to_thread.run_sync(self.l2.remove_blob, sha)
+                self.l1.drop_blob(sha)
+                await self.catalog.forget_blob(sha)
+
+    # -- views -------------------------------------------------------------------------
+    def bytes_done(self, job: Job) -> int:
+        if job.state == "done":
+            return job.bytes_total
+        p = self.progress.get(job.id)
+        if p is not None:
+            return min(p.done, job.bytes_total) if job.bytes_total else p.done
+        return 0
+
+    def describe(self, job: Job) -> dict[str, object]:
+        done = self.bytes_done(job)
+        total = job.bytes_total
+        pct = 100.0 if job.state == "done" else (round(100.0 * done / total, 1) if total else 0.0)
+        return {
+            "id": job.id,
+            "kind": job.kind,
+            "path": job.path,
+            "version": job.num if job.num is not None else "",
+            "state": job.state,
+            "bytes_done": done,
+            "bytes_total": total,
+            "percent": pct,
+            "attempts": job.attempts,
+            "last_error": job.last_error,
+            "created": _iso(job.created),
+            "updated": _iso(job.updated),
+        }
+
+    def render(self, job: Job) -> bytes:
+        """The text of ``.jobs/ID``: one ``key: value`` line per field."""
+        return "".join(f"{k}: {v}\n" for k, v in self.describe(job).items()).encode()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,201 @@
+"""How RelayFS names things in L3, and the checks that refuse hostile keys.
+
+Bucket layout (all keys below the configured prefix)::
+
+    blobs/<sha[:2]>/<sha256>                  file contents, content-addressed: stored once
+    records/<file_id>/v<NNNNNNNNNN>.json      one small record per version, put-if-absent
+    records/<file_id>/v<NNNNNNNNNN>.deleted   tombstone: version removed, number stays used
+    ns/<ms>-<origin>-<seq>.json               namespace events (mkdir, mkfile, rename, ...)
+
+No object is ever rewritten: every commit adds a record (and a blob unless the bytes are
+already there), every namespace change adds an event. A fresh machine rebuilds its catalog by
+replaying ``ns/`` in key order and reading ``records/``; the event keys sort by time, so a
+later poller can list from the last key it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidName, NameTooLong
+
+NAME_MAX = 255
+CHUNK_SIZE = 1024 * 1024  # granularity of chunk hashes, thaw ranges and L1 entries
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_VERSION_RE = re.compile(r"^v([0-9]+)$")
+_RECORD_RE = re.compile(r"^records/([0-9a-f]{32})/v([0-9]{10})\.(json|deleted)$")
+_NS_RE = re.compile(r"^ns/[0-9]{13}-[0-9a-f]{8}-[0-9]{8}\.json$")
+
+NS_OPS = frozenset({"mkdir", "rmdir", "mkfile", "unlink", "rename"})
+
+
+class BadRecord(ValueError):
+    """Bucket content RelayFS did not write, or that would escape the mount: skipped."""
+
+
+def blob_key(sha: str) -> str:
+    return f"blobs/{sha[:2]}/{sha}"
+
+
+def record_key(file_id: str, num: int) -> str:
+    return f"records/{file_id}/v{num:010d}.json"
+
+
+def tombstone_key(file_id: str, num: int) -> str:
+    return f"records/{file_id}/v{num:010d}.deleted"
+
+
+def ns_key(origin: str, seq: int, now: float | None = None) -> str:
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"ns/{ms:013d}-{origin}-{seq:08d}.json"
+
+
+def parse_record_key(key: str) -> tuple[str, int, bool]:
+    """(file_id, version number, is_tombstone) of a records/ key; BadRecord otherwise."""
+    m = _RECORD_RE.match(key)
+    if not m:
+        raise BadRecord(f"not a version record key: {key!r}")
+    return m.group(1), int(m.group(2)), m.group(3) == "deleted"
+
+
+def is_ns_key(key: str) -> bool:
+    return bool(_NS_RE.match(key))
+
+
+def version_number(name: str) -> int | None:
+    """The K of a ``vK`` name, or None."""
+    m = _VERSION_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def check_name(raw: bytes) -> str:
+    """A directory entry name as RelayFS stores it; raises for names it cannot store."""
+    if len(raw) > NAME_MAX:
+        raise NameTooLong(f"name longer than {NAME_MAX} bytes")
+    if raw in (b"", b".", b"..") or b"/" in raw or b"\0" in raw:
+        raise InvalidName(f"invalid name {raw!r}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidName(f"name is not UTF-8: {raw!r}") from None
+
+
+def check_path(path: str) -> list[str]:
+    """Split a mount-relative path from the bucket; refuse anything that could escape."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
+        raise BadRecord(f"unsafe path {path!r}")
+    parts = path.split("/")
+    for part in parts:
+        try:
+            check_name(part.encode("utf-8"))
+        except (InvalidName, NameTooLong, UnicodeEncodeError) as e:
+            raise BadRecord(f"unsafe path {path!r}: {e}") from None
+    return parts
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What L3 keeps about one version: enough to rebuild it and to verify its bytes."""
+
+    file_id: str
+    num: int
+    sha256: str
+    size: int
+    mtime_ns: int
+    chunk_size: int
+    chunks: tuple[str, ...]
+    origin: str = ""
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": 1,
+            "file_id": self.file_id,
+            "num": self.num,
+            "sha256": self.sha256,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "chunk_size": self.chunk_size,
+            "chunks": list(self.chunks),
+            "origin": self.origin,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "VersionRecord":
+        try:
+            d = json.loads(data)
+            rec = cls(
+                file_id=str(d["file_id"]),
+                num=int(d["num"]),
+                sha256=str(d["sha256"]),
+                size=int(d["size"]),
+                mtime_ns=int(d["mtime_ns"]),
+                chunk_size=int(d["chunk_size"]),
+                chunks=tuple(str(c) for c in d["chunks"]),
+                origin=str(d.get("origin", "")),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise BadRecord(f"unreadable version record: {e}") from None
+        n_chunks = max(1, -(-rec.size // rec.chunk_size)) if rec.chunk_size > 0 else -1
+        if (
+            not _ID_RE.match(rec.file_id)
+            or not _SHA_RE.match(rec.sha256)
+            or rec.num < 1
+            or rec.size < 0
+            or n_chunks != len(rec.chunks)
+            or not all(_SHA_RE.match(c) for c in rec.chunks)
+        ):
+            raise BadRecord("inconsistent version record")
+        return rec
+
+
+@dataclass(frozen=True)
+class NsEvent:
+    """One namespace change. Paths are relative to the mount root, '/'-separated."""
+
+    op: str
+    path: str
+    to: str = ""
+    file_id: str = ""
+    mtime_ns: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = {"format": 1, "op": self.op, "path": self.path, "mtime_ns": self.mtime_ns}
+        if self.to:
+            body["to"] = self.to
+        if self.file_id:
+            body["file_id"] = self.file_id
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "NsEvent":
+        try:
+            d = json.loads(data)
+            ev = cls(
+                op=str(d["op"]),
+                path=str(d["path"]),
+                to=str(d.get("to", "")),
+                file_id=str(d.get("file_id", "")),
+                mtime_ns=int(d.get("mtime_ns", 0)),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise BadRecord(f"unreadable namespace event: {e}") from None
+        if ev.op not in NS_OPS:
+            raise BadRecord(f"unknown namespace op {ev.op!r}")
+        check_path(ev.path)
+        if ev.op == "rename":
+            check_path(ev.to)
+        if ev.op == "mkfile" and not _ID_RE.match(ev.file_id):
+            raise BadRecord("mkfile event without a valid file id")
+        return ev
+
+
+def is_sha(value: str) -> bool:
+    return bool(_SHA_RE.match(value))

@@ -1,0 +1,196 @@
+"""Thaw: bringing a cold blob from L3 back into L2 while readers wait per chunk.
+
+A ``Thaw`` fetches a blob with ranged GETs into ``thaw/<sha>.part`` (a sparse file of the
+full size). Each chunk is checked against the chunk hash in its version record before it
+is written, and a reader waits only for the chunks it asks for (they jump the queue), so
+the first byte never waits for the whole file. When every chunk is in, the whole file's
+SHA-256 is checked and the file is renamed into ``blobs/``.
+
+Concurrency: a Thaw's sets and events are touched only on the trio loop; the threads do
+the GETs, the writes and the hashing and hand back plain bytes. Each chunk has one
+``trio.Event``, set when the chunk is in or the thaw has failed (readers then see the
+error, never wrong bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Awaitable, Callable
+
+import trio
+
+from ..errors import IntegrityError, Unavailable
+from . import layout
+from .l2 import DiskCache, hash_fd
+from .l3 import ObjectMissing, ObjectStore, StoreError
+
+log = logging.getLogger(__name__)
+
+RANGE_CHUNKS = 4  # chunks fetched by one GET
+ATTEMPTS = 3
+
+
+class Thaw:
+    """One blob on its way from L3 to L2."""
+
+    def __init__(self, sha: str, size: int, chunk_size: int, chunks: tuple[str, ...], fd: int) -> None:
+        self.sha = sha
+        self.size = size
+        self.chunk_size = chunk_size
+        self.hashes = chunks
+        self.fd = fd
+        self.pending: list[int] = list(range(len(chunks)))  # not yet asked for
+        self.urgent: list[int] = []
+        self.arrived = [trio.Event() for _ in chunks]
+        self.error: Exception | None = None
+        self.finished = trio.Event()
+        self.readers = 0
+        self._closed = False
+
+    def release(self) -> None:
+        """A reader is done with the fd; close it once the thaw and every reader are."""
+        self.readers -= 1
+        self.close_if_idle()
+
+    def close_if_idle(self) -> None:
+        if self.readers <= 0 and self.finished.is_set() and not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+    def want(self, index: int) -> None:
+        if not self.arrived[index].is_set() and index in self.pending:
+            self.urgent.append(index)
+
+    def next_range(self) -> list[int]:
+        """The next run of chunks to fetch: asked-for chunks first, then in order."""
+        while self.urgent:
+            first = self.urgent.pop(0)
+            if first in self.pending:
+                break
+        else:
+            if not self.pending:
+                return []
+            first = self.pending[0]
+        run = [first]
+        while len(run) < RANGE_CHUNKS and run[-1] + 1 in self.pending:
+            run.append(run[-1] + 1)
+        for i in run:
+            self.pending.remove(i)
+        return run
+
+    async def wait(self, index: int) -> None:
+        self.want(index)
+        await self.arrived[index].wait()
+        if self.error is not None:
+            raise self.error
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        for ev in self.arrived:
+            ev.set()
+        self.finished.set()
+
+
+class Thawer:
+    """Starts and tracks thaws; at most one per blob."""
+
+    def __init__(
+        self,
+        l2: DiskCache,
+        store: ObjectStore,
+        nursery: trio.Nursery,
+        *,
+        parallel: int,
+        on_done: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.l2 = l2
+        self.store = store
+        self.nursery = nursery
+        self.parallel = parallel
+        self.limiter = trio.CapacityLimiter(parallel)
+        self.on_done = on_done
+        self.active: dict[str, Thaw] = {}
+
+    def start(self, sha: str, size: int, chunk_size: int, chunks: tuple[str, ...]) -> Thaw:
+        thaw = self.active.get(sha)
+        if thaw is not None:
+            return thaw
+        path = self.l2.thaw_path(sha)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(fd, size)
+        thaw = Thaw(sha, size, chunk_size, chunks, fd)
+        self.active[sha] = thaw
+        self.nursery.start_soon(self._run, thaw)
+        return thaw
+
+    async def _run(self, thaw: Thaw) -> None:
+        try:
+            async with trio.open_nursery() as n:
+                for _ in range(min(self.parallel, len(thaw.hashes))):
+                    n.start_soon(self._fetcher, thaw)
+            if thaw.error is None:
+                await trio.to_thread.run_sync(self._finish, thaw)
+                await self.on_done(thaw.sha)
+        except Exception as e:  # the error reaches every waiting reader as EIO
+            if not isinstance(e, (IntegrityError, Unavailable)):
+                log.exception("thaw of blob %s failed", thaw.sha[:12])
+            thaw.fail(e)
+        finally:
+            self.active.pop(thaw.sha, None)
+            thaw.finished.set()
+            if thaw.error is not None:
+                self.l2.thaw_path(thaw.sha).unlink(missing_ok=True)
+            thaw.close_if_idle()
+
+    async def _fetcher(self, thaw: Thaw) -> None:
+        while thaw.error is None:
+            run = thaw.next_range()
+            if not run:
+                return
+            start = run[0] * thaw.chunk_size
+            length = min(thaw.size - start, len(run) * thaw.chunk_size)
+            data = await self._get(thaw, start, length)
+            if thaw.error is not None:
+                return
+            await trio.to_thread.run_sync(self._store_chunks, thaw, run, data, limiter=self.limiter)
+            for i in run:
+                thaw.arrived[i].set()
+
+    async def _get(self, thaw: Thaw, start: int, length: int) -> bytes:
+        key = layout.blob_key(thaw.sha)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                if length == 0:
+                    return b""
+                return await trio.to_thread.run_sync(self.store.get_range, key, start, length, limiter=self.limiter)
+            except ObjectMissing:
+                thaw.fail(IntegrityError(f"blob {thaw.sha[:12]} is missing from L3"))
+                log.error("thaw: blob %s is missing from L3", thaw.sha)
+                return b""
+            except StoreError as e:
+                if attempt == ATTEMPTS:
+                    thaw.fail(Unavailable(f"L3 unreachable while thawing {thaw.sha[:12]}: {e}"))
+                    log.error("thaw of blob %s: L3 unreachable: %s", thaw.sha[:12], e)
+                    return b""
+                await trio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _store_chunks(thaw: Thaw, run: list[int], data: bytes) -> None:
+        for n, index in enumerate(run):
+            piece = data[n * thaw.chunk_size:(n + 1) * thaw.chunk_size]
+            if hashlib.sha256(piece).hexdigest() != thaw.hashes[index]:
+                err = IntegrityError(f"blob {thaw.sha[:12]} chunk {index} from L3 does not match its recorded hash")
+                log.error("integrity: %s", err)
+                thaw.fail(err)
+                return
+            os.pwrite(thaw.fd, piece, index * thaw.chunk_size)
+
+    def _finish(self, thaw: Thaw) -> None:
+        os.fsync(thaw.fd)
+        if hash_fd(thaw.fd).sha256 != thaw.sha:
+            log.error("integrity: thawed blob %s does not match its SHA-256", thaw.sha)
+            raise IntegrityError(f"thawed blob {thaw.sha[:12]} does not match its SHA-256")
+        self.l2.adopt(self.l2.thaw_path(thaw.sha), thaw.sha)
