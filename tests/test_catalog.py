@@ -1,0 +1,163 @@
+"""Unit tests of the catalog: namespace rules, version numbering, jobs, rebuild."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from relayfs import errors
+from relayfs.catalog import ROOT_INO, Catalog
+from relayfs.store import layout
+from relayfs.store.l2 import BlobInfo
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def info(sha: str = SHA_A, size: int = 3) -> BlobInfo:
+    return BlobInfo(sha, size, layout.CHUNK_SIZE, (sha,))
+
+
+def run(fn, tmp_path: Path):
+    async def main():
+        cat = Catalog(tmp_path / "catalog.db")
+        try:
+            return await fn(cat)
+        finally:
+            cat.close()
+
+    return trio.run(main)
+
+
+def test_new_file_commits_as_v1_and_versions_count_up(tmp_path: Path) -> None:
+    async def body(cat: Catalog):
+        d = await cat.mkdir(ROOT_INO, "reports", 0o755)
+        draft = await cat.create(d.ino, "q3.pdf", 0o644, "w1")
+        assert draft.kind == "draft"
+        v1 = await cat.commit(draft.ino, info(SHA_A))
+        vfile = cat.lookup(d.ino, "q3.pdf")
+        assert vfile.kind == "vfile" and v1.name == "v1" and v1.parent == vfile.ino
+        v2 = await cat.commit(vfile.ino, info(SHA_B))
+        assert v2.num == 2
+        assert cat.head(vfile.ino).num == 2
+        assert cat.resolve("reports/q3.pdf/latest").sha256 == SHA_B
+        assert cat.path_of(v2.ino) == "reports/q3.pdf/v2"
+        kinds = [j.kind for j in cat.unfinished_jobs()]
+        assert kinds == ["ns", "ns", "upload", "upload"]  # mkdir, mkfile, v1, v2
+
+    run(body, tmp_path)
+
+
+def test_deleted_version_numbers_are_never_reused(tmp_path: Path) -> None:
+    async def body(cat: Catalog):
+        draft = await cat.create(ROOT_INO, "a", 0o644, "w")
+        await cat.commit(draft.ino, info(SHA_A))
+        vfile = cat.lookup(ROOT_INO, "a")
+        await cat.commit(vfile.ino, info(SHA_B))
+        await cat.remove(vfile.ino, "v2", folder=False)
+        v = await cat.commit(vfile.ino, info(SHA_B))
+        assert v.num == 3
+        assert [j.kind for j in cat.unfinished_jobs()][-2:] == ["delete", "upload"]
+
+    run(body, tmp_path)
+
+
+def test_reserved_and_clashing_names(tmp_path: Path) -> None:
+    async def body(cat: Catalog):
+        with pytest.raises(errors.AlreadyExists):
+            await cat.mkdir(ROOT_INO, ".jobs", 0o755)
+        draft = await cat.create(ROOT_INO, "f", 0o644, "w")
+        await cat.commit(draft.ino, info())
+        vfile = cat.lookup(ROOT_INO, "f")
+        with pytest.raises(errors.InvalidName):
+            await cat.create(vfile.ino, "v7", 0o644, "w2")
+        with pytest.raises(errors.AlreadyExists):
+            await cat.create(vfile.ino, "latest", 0o644, "w2")
+        with pytest.raises(errors.AlreadyExists):
+            await cat.create(ROOT_INO, "f", 0o644, "w3")
+        with pytest.raises(errors.NotPermitted):
+            await cat.mkdir(vfile.ino, "sub", 0o755)
+        scratch = await cat.create(vfile.ino, ".f.swp", 0o644, "w4")
+        assert scratch.kind == "scratch"
+
+    run(body, tmp_path)
+
+
+def test_remove_rules(tmp_path: Path) -> None:
+    async def body(cat: Catalog):
+        d = await cat.mkdir(ROOT_INO, "d", 0o755)
+        draft = await cat.create(d.ino, "f", 0o644, "w")
+        await cat.commit(draft.ino, info())
+        with pytest.raises(errors.NotEmpty):
+            await cat.remove(ROOT_INO, "d", folder=True)
+        vfile = cat.lookup(d.ino, "f")
+        with pytest.raises(errors.IsADirectory):
+            await cat.remove(d.ino, "f", folder=False)
+        with pytest.raises(errors.NotEmpty):  # a versioned file goes once its versions went
+            await cat.remove(d.ino, "f", folder=True)
+        await cat.remove(vfile.ino, "v1", folder=False)
+        await cat.remove(d.ino, "f", folder=True)
+        await cat.remove(ROOT_INO, "d", folder=True)
+        assert cat.children(ROOT_INO) == []
+
+    run(body, tmp_path)
+
+
+def test_rename_rules(tmp_path: Path) -> None:
+    async def body(cat: Catalog):
+        a = await cat.mkdir(ROOT_INO, "a", 0o755)
+        b = await cat.mkdir(a.ino, "b", 0o755)
+        with pytest.raises(errors.InvalidName):  # into itself
+            await cat.rename(ROOT_INO, "a", b.ino, "x", noreplace=False)
+        draft = await cat.create(ROOT_INO, "f", 0o644, "w")
+        await cat.commit(draft.ino, info())
+        vfile = cat.lookup(ROOT_INO, "f")
+        with pytest.raises(errors.ReadOnly):
+            await cat.rename(vfile.ino, "v1", ROOT_INO, "g", noreplace=False)
+        moved = await cat.rename(ROOT_INO, "f", b.ino, "g", noreplace=False)
+        assert moved.ino == vfile.ino and cat.path_of(moved.ino) == "a/b/g"
+        assert cat.resolve("a/b/g/v1").sha256 == SHA_A
+        ns = [j for j in cat.unfinished_jobs() if j.kind == "ns"]
+        assert ns[-1].body and b'"op":"rename"' in ns[-1].body and b'"to":"a/b/g"' in ns[-1].body
+
+    run(body, tmp_path)
+
+
+def test_rebuild_from_events_and_records(tmp_path: Path) -> None:
+    fid = "1" * 32
+    events = [
+        ("ns/0000000000001-aaaaaaaa-00000001.json", layout.NsEvent("mkdir", "d")),
+        ("ns/0000000000002-aaaaaaaa-00000002.json", layout.NsEvent("mkfile", "d/f", file_id=fid)),
+        ("ns/0000000000003-aaaaaaaa-00000003.json", layout.NsEvent("mkdir", "e")),
+        ("ns/0000000000004-aaaaaaaa-00000004.json", layout.NsEvent("rename", "d", to="e/d2")),
+        ("ns/0000000000005-aaaaaaaa-00000005.json", layout.NsEvent("mkfile", "nowhere/x", file_id="2" * 32)),
+    ]
+    rec = layout.VersionRecord(fid, 2, SHA_B, 3, 123, layout.CHUNK_SIZE, (SHA_B,))
+
+    async def body(cat: Catalog):
+        counts = await cat.load_snapshot(events, {fid: [rec]}, {fid: 3})
+        assert counts["skipped_events"] == 1
+        f = cat.resolve("e/d2/f")
+        assert f.kind == "vfile" and f.next_num == 4
+        assert [v.num for v in cat.versions(f.ino)] == [2]
+        assert cat.blob(SHA_B).durable
+
+    run(body, tmp_path)
+
+
+def test_state_survives_reopen(tmp_path: Path) -> None:
+    async def first(cat: Catalog):
+        draft = await cat.create(ROOT_INO, "f", 0o644, "w")
+        await cat.commit(draft.ino, info())
+        for job in cat.unfinished_jobs():
+            await cat.job_state(job.id, "running")
+
+    async def second(cat: Catalog):
+        assert await cat.requeue_interrupted() == 2
+        assert {j.state for j in cat.unfinished_jobs()} == {"queued"}
+        assert cat.resolve("f/v1").sha256 == SHA_A
+
+    run(first, tmp_path)
+    run(second, tmp_path)

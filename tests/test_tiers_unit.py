@@ -1,0 +1,70 @@
+"""Unit tests of L1 (byte-bounded LRU) and L2 (atomic, content-addressed cache dir)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from relayfs.errors import IntegrityError
+from relayfs.store.l1 import ChunkCache
+from relayfs.store.l2 import DiskCache
+from relayfs.store.layout import CHUNK_SIZE
+
+
+def test_l1_stays_within_its_byte_budget() -> None:
+    l1 = ChunkCache(budget=10)
+    l1.put(("a", 0), b"12345")
+    l1.put(("a", 1), b"12345")
+    assert l1.get(("a", 0)) == b"12345"  # now most recent
+    l1.put(("b", 0), b"123")
+    assert l1.used <= 10
+    assert l1.get(("a", 1)) is None and l1.get(("a", 0)) == b"12345"
+    l1.drop_blob("a")
+    assert not l1.holds_blob("a") and l1.used == 3
+    l1.put(("huge", 0), b"x" * 11)
+    assert l1.get(("huge", 0)) is None
+
+
+def test_l2_seal_is_content_addressed(tmp_path: Path) -> None:
+    l2 = DiskCache(tmp_path / "cache")
+    assert oct(os.stat(tmp_path / "cache").st_mode & 0o777) == "0o700"
+    data = os.urandom(CHUNK_SIZE + 10)
+    names = []
+    for _ in range(2):
+        w = l2.new_work_file()
+        l2.work_path(w).write_bytes(data)
+        names.append(l2.seal(w))
+    info = names[0]
+    assert names[0] == names[1]
+    assert info.sha256 == hashlib.sha256(data).hexdigest() and info.size == len(data)
+    assert len(info.chunks) == 2
+    assert l2.blob_path(info.sha256).read_bytes() == data
+    assert list(l2.work.iterdir()) == []
+    assert l2.read_chunk(info.sha256, 1, CHUNK_SIZE, info.chunks[1]) == data[CHUNK_SIZE:]
+
+
+def test_l2_detects_a_corrupt_chunk(tmp_path: Path) -> None:
+    l2 = DiskCache(tmp_path / "cache")
+    w = l2.new_work_file()
+    l2.work_path(w).write_bytes(b"hello world")
+    info = l2.seal(w)
+    path = l2.blob_path(info.sha256)
+    path.chmod(0o600)
+    path.write_bytes(b"hellO world")
+    with pytest.raises(IntegrityError):
+        l2.read_chunk(info.sha256, 0, CHUNK_SIZE, info.chunks[0])
+
+
+def test_l2_copy_on_write_draft(tmp_path: Path) -> None:
+    l2 = DiskCache(tmp_path / "cache")
+    w = l2.new_work_file()
+    l2.work_path(w).write_bytes(b"v1")
+    info = l2.seal(w)
+    draft = l2.new_work_file(from_sha=info.sha256)
+    with open(l2.work_path(draft), "ab") as f:
+        f.write(b"+more")
+    assert l2.blob_path(info.sha256).read_bytes() == b"v1"
+    assert l2.seal(draft).size == 7
