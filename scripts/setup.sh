@@ -11,7 +11,7 @@ want_test=0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
-pkgs=(fuse3 libfuse3-dev pkg-config python3-venv)
+pkgs=(fuse3 libfuse3-dev pkg-config gcc libc6-dev python3-dev python3-venv)
 [ $want_test -eq 1 ] && pkgs+=(rsync attr vim)
 missing=()
 for p in "${pkgs[@]}"; do
