@@ -29,7 +29,7 @@ import trio
 from . import bucket
 from .catalog import Catalog
 from .config import Config
-from .errors import RelayError
+from .errors import NotFound, RelayError
 from .fs import Operations
 from .jobs import JobRunner
 from .store.l1 import ChunkCache
@@ -234,7 +234,7 @@ class Daemon:
     async def answer(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "status":
-            return self.status()
+            return await self.status()
         if op == "jobs":
             prefix = "/" + str(req.get("path", "")).strip("/")
             since = time.time() - self.config.jobs_keep_seconds
@@ -258,7 +258,10 @@ class Daemon:
             name = str(req["version"])
             if not name.startswith("v"):
                 name = f"v{name}"
-            src = self.catalog.lookup(vfile.ino, name)
+            try:
+                src = self.catalog.lookup(vfile.ino, name)
+            except NotFound:
+                raise NotFound(f"/{self.catalog.path_of(vfile.ino)} has no version {name}") from None
             if src.kind != "version" or src.sha256 is None:
                 raise KeyError(f"{name} is not a version")
             blob = self.catalog.blob(src.sha256)
@@ -270,15 +273,19 @@ class Daemon:
         raise KeyError(f"unknown request {op!r}")
 
     def _vfile(self, path: str):  # type: ignore[no-untyped-def]
-        node = self.catalog.resolve(path)
+        try:
+            node = self.catalog.resolve(path)
+        except NotFound:
+            raise NotFound(f"/{path}: no such file or folder") from None
         if node.kind == "version":
             node = self.catalog.get(node.parent)
         if node.kind != "vfile":
             raise KeyError(f"{path or '/'} is not a versioned file")
         return node
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         counts = self.catalog.counts()
+        l2_used = await trio.to_thread.run_sync(self.l2.usage, limiter=self.tiers.disk)
         return {
             "pid": os.getpid(),
             "mountpoint": str(self.mountpoint),
@@ -288,7 +295,7 @@ class Daemon:
             "cache_dir": str(self.config.cache),
             "l1_used": self.l1.used,
             "l1_budget": self.l1.budget,
-            "l2_used": self.l2.usage(),
+            "l2_used": l2_used,
             "l2_budget": self.config.l2_bytes,
             "folders": counts.get("dir", 1) - 1,
             "files": counts.get("vfile", 0),

@@ -138,11 +138,9 @@ class _Gate:
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
+        with contextlib.suppress(OSError):  # a reset by close() ends the pump too
             while data := src.recv(65536):
                 dst.sendall(data)
-        except OSError:
-            pass
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)  # pass the half-close on
 

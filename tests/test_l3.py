@@ -375,7 +375,7 @@ def test_s3_multipart_aborted_when_caller_fails(
     store = S3Store(bucket, endpoint_url=s3_server.endpoint, part_size=PART, threads=2)
 
     class Cancelled(Exception):
-        pass
+        """The caller gave up (e.g. the file was deleted before its upload finished)."""
 
     def cancel(_n: int) -> None:
         raise Cancelled

@@ -290,10 +290,15 @@ class S3Store:
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
         # A private session: the default boto3 session is not safe to share across threads.
-        session = boto3.session.Session()
-        self._client: Any = session.client(
-            "s3", endpoint_url=endpoint_url, region_name=region, config=config
-        )
+        try:
+            session = boto3.session.Session()
+            self._client: Any = session.client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config
+            )
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise StoreAuthError(f"AWS configuration: {_one_line(exc)}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StoreError(f"cannot set up S3 client for bucket {bucket!r}: {_one_line(exc)}") from exc
         self.endpoint = _public_endpoint(str(self._client.meta.endpoint_url))
         # Multipart uploads whose abort failed (typically during an outage); retried by later
         # check()/put_file() calls so they do not linger until a lifecycle rule removes them.
@@ -657,9 +662,11 @@ class DirStore:
             try:
                 os.mkdir(directory)
             except FileExistsError:
-                if not os.path.isdir(directory):
-                    raise NotADirectoryError(errno.ENOTDIR, "a key is in the way", directory) from None
-                continue
+                # One lstat, not isdir()+exists(): a concurrent delete may prune and another
+                # writer recreate the directory between two separate checks.
+                if stat.S_ISDIR(os.lstat(directory).st_mode):  # FileNotFoundError: start over
+                    continue  # another writer made it
+                raise NotADirectoryError(errno.ENOTDIR, "a key is in the way", directory) from None
             _fsync_dir(os.path.dirname(directory))
 
     def _new_temp(self) -> tuple[int, str]:
@@ -669,7 +676,7 @@ class DirStore:
     def _place(self, tmp: str, final: str, key: str, *, if_absent: bool) -> bool:
         """Move a finished temp file into place; False if if_absent and the key exists."""
         in_the_way = f"put {key!r} in {self.description}: another key is in the way"
-        for _attempt in range(5):
+        for _attempt in range(50):
             try:
                 self._make_parents(final)
                 if if_absent:
@@ -686,7 +693,8 @@ class DirStore:
                 # A concurrent delete pruned a parent directory we had just made; redo it.
                 self._require_root()
                 continue
-            _fsync_dir(os.path.dirname(final))
+            with contextlib.suppress(FileNotFoundError):  # key deleted again meanwhile
+                _fsync_dir(os.path.dirname(final))
             return True
         raise StoreUnavailable(f"put {key!r} in {self.description}: parent directory keeps vanishing")
 
