@@ -449,7 +449,10 @@ class Catalog:
             if n.kind == "version":
                 raise ReadOnly("versions are immutable")
             if mode is not None:
-                c.execute("UPDATE nodes SET mode = ? WHERE ino = ?", ((n.mode & ~0o7777) | (mode & 0o7777), ino))
+                perm = mode & 0o7777
+                if n.kind == "vfile":  # shown as a folder: who may read it may also enter it
+                    perm |= (perm & 0o444) >> 2
+                c.execute("UPDATE nodes SET mode = ? WHERE ino = ?", ((n.mode & ~0o7777) | perm, ino))
             if size is not None:
                 c.execute("UPDATE nodes SET size = ? WHERE ino = ?", (size, ino))
             if mtime_ns is not None:

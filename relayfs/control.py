@@ -9,13 +9,16 @@ JSON object on one line, answered by one JSON line (``{"ok": true, ...}`` or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 CONTROL_XATTR = "user.relayfs.control"
+SUN_PATH_MAX = 107  # bytes a sockaddr_un path may hold (108 with its NUL)
 
 
 class ControlError(Exception):
@@ -46,13 +49,31 @@ def socket_of(mountpoint: Path) -> str:
         raise ControlError(f"cannot reach the RelayFS daemon of {mountpoint}: {e.strerror}") from None
 
 
+@contextlib.contextmanager
+def address(sock_path: str) -> Iterator[str]:
+    """A name for ``sock_path`` that fits in a sockaddr_un, to bind or connect with.
+
+    A short path is used as is; a longer one (a deep cache dir) is reached through an open
+    descriptor of its folder, ``/proc/self/fd/N/control.sock``, valid until the block ends.
+    """
+    if len(os.fsencode(sock_path)) <= SUN_PATH_MAX:
+        yield sock_path
+        return
+    fd = os.open(os.path.dirname(sock_path), os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{os.path.basename(sock_path)}"
+    finally:
+        os.close(fd)
+
+
 def request(sock_path: str, op: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
     """Send one request to a daemon and return its answer (raises ControlError)."""
     msg = json.dumps({"op": op, **args}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(sock_path)
+            with address(sock_path) as addr:
+                s.connect(addr)
             s.sendall(msg)
             data = b""
             while not data.endswith(b"\n"):

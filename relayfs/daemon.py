@@ -26,7 +26,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import bucket
+from . import bucket, control
 from .catalog import Catalog
 from .config import Config
 from .errors import NotFound, RelayError
@@ -205,7 +205,8 @@ class Daemon:
         if os.path.exists(path):
             os.unlink(path)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(path)
+        with control.address(path) as addr:
+            await sock.bind(addr)
         os.chmod(path, 0o600)
         sock.listen(16)
         await trio.serve_listeners(self._handle_control, [trio.SocketListener(sock)])
@@ -223,7 +224,8 @@ class Daemon:
                 req = json.loads(data)
                 answer = {"ok": True, **await self.answer(req)}
             except (RelayError, ValueError, KeyError) as e:
-                answer = {"ok": False, "error": str(e) or type(e).__name__}
+                reason = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # KeyError quotes
+                answer = {"ok": False, "error": str(reason) or type(e).__name__}
             except trio.TooSlowError:
                 return
             try:

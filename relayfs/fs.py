@@ -136,6 +136,9 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
         self.work_users: dict[str, int] = {}  # work file -> open FileHandles on it
+        # `rm NAME/latest` hides the name (no data goes) until the next version is committed,
+        # so `mv`, `install` and `cp --remove-destination` can unlink it and create it again.
+        self.hidden_latest: dict[int, int | None] = {}  # vfile ino -> head num when hidden
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.disk = tiers.disk
@@ -175,6 +178,17 @@ class Operations(pyfuse3.Operations):
             raise errors.NotFound("no versions")
         return self._attr(LATEST_BASE + vfile.ino, 0o100644, head.size, head.mtime_ns, 0.0)
 
+    def _latest_shown(self, vfile: Node) -> bool:
+        """Whether ``NAME/latest`` is in the namespace: a head exists and it was not unlinked."""
+        head = self.catalog.head(vfile.ino)
+        if head is None:
+            return False
+        if vfile.ino in self.hidden_latest:
+            if self.hidden_latest[vfile.ino] == head.num:
+                return False
+            del self.hidden_latest[vfile.ino]  # a newer version was committed since
+        return True
+
     def _jobs_attr(self) -> pyfuse3.EntryAttributes:
         return self._attr(JOBS_DIR_INO, 0o040555, 0, time.time_ns(), 0.0)
 
@@ -192,9 +206,9 @@ class Operations(pyfuse3.Operations):
             return self._jobs_attr()
         if inode > JOBS_DIR_INO:
             return self._job_attr(inode - JOBS_DIR_INO)
-        if inode >= LATEST_BASE:
-            return self._latest_attr(self.catalog.get(inode - LATEST_BASE))
         try:
+            if inode >= LATEST_BASE:
+                return self._latest_attr(self.catalog.get(inode - LATEST_BASE))
             return self._node_attr(self.catalog.get(inode))
         except errors.NotFound:
             for h in self.handles.values():  # open but no longer in the namespace
@@ -216,6 +230,8 @@ class Operations(pyfuse3.Operations):
         text = layout.check_name(name)
         parent = self.catalog.get(parent_inode)
         if parent.kind == "vfile" and text == "latest":
+            if not self._latest_shown(parent):
+                raise errors.NotFound("latest")
             return self._latest_attr(parent)
         return self._node_attr(self.catalog.lookup(parent_inode, text))
 
@@ -241,7 +257,7 @@ class Operations(pyfuse3.Operations):
             if fh == ROOT_INO:
                 if not pyfuse3.readdir_reply(token, b".jobs", self._jobs_attr(), 1):
                     return
-            elif node.kind == "vfile" and self.catalog.head(node.ino) is not None:
+            elif node.kind == "vfile" and self._latest_shown(node):
                 if not pyfuse3.readdir_reply(token, b"latest", self._latest_attr(node), 1):
                     return
         for child in self.catalog.children(fh, after_ino=max(start_id, 1)):
@@ -273,9 +289,12 @@ class Operations(pyfuse3.Operations):
         text = layout.check_name(name)
         parent = self.catalog.get(parent_inode)
         if parent.kind == "vfile" and text == "latest":
-            # `latest` is an alias of the newest version: removing it removes nothing, so
-            # that `rm -r NAME` can walk the folder. Remove a version by its vK name.
-            self._latest_attr(parent)
+            # `latest` is only a name for the newest version: unlinking it removes no data
+            # (remove a version by its vK name); the name is hidden until the next commit.
+            if not self._latest_shown(parent):
+                raise errors.NotFound("latest")
+            head = self.catalog.head(parent.ino)
+            self.hidden_latest[parent.ino] = head.num if head else None
             return
         node = await self.catalog.remove(parent_inode, text, folder=False)
         if node.work and not self.work_users.get(node.work):
@@ -318,12 +337,16 @@ class Operations(pyfuse3.Operations):
         seal = self.l2.snapshot if keep else self.l2.seal
         info: BlobInfo = await trio.to_thread.run_sync(seal, work, limiter=self.disk)
         t = self.catalog.get(target)
-        head = self.catalog.head(t.ino) if t.kind == "vfile" else None
+        owner = t if t.kind == "vfile" else self.catalog.get(t.parent)  # NAME/NAME: its vfile
+        head = self.catalog.head(owner.ino) if owner.kind == "vfile" else None
         unchanged = base_sha if base_sha is not None else (head.sha256 if head else None)
-        if t.kind == "vfile" and info.sha256 == unchanged:
-            if consume is not None:
-                await self.catalog.remove(self.catalog.get(consume).parent, self.catalog.get(consume).name, folder=False)
-            log.debug("no change to %s; nothing committed", t.name)
+        if owner.kind == "vfile" and info.sha256 == unchanged:
+            drop = consume if consume is not None else (t.ino if t.kind == "draft" else None)
+            if drop is not None:  # the renamed file or NAME/NAME goes, as a commit would take it
+                gone = self.catalog.get(drop)
+                await self.catalog.remove(gone.parent, gone.name, folder=False)
+                pyfuse3.invalidate_entry_async(gone.parent, gone.name.encode(), ignore_enoent=True)
+            log.debug("no change to %s; nothing committed", owner.name)
             return None
         node = await self.catalog.commit(target, info, consume=consume)
         vfile = self.catalog.get(node.parent)
@@ -433,7 +456,7 @@ class Operations(pyfuse3.Operations):
         text = layout.check_name(name)
         parent = self.catalog.get(parent_inode)
         fi = pyfuse3.FileInfo()
-        if parent.kind == "vfile" and text == "latest":  # a vfile with no versions left
+        if parent.kind == "vfile" and text == "latest":  # no versions left, or latest unlinked
             handle = await self._latest_draft(parent, truncate=True)
             fi.fh = self._new_fh(handle)
             fi.direct_io = True
@@ -498,6 +521,10 @@ class Operations(pyfuse3.Operations):
             return
         shared = self.work_users.get(h.work, 0) > 1
         target = h.vfile if h.vfile is not None else h.ino
+        nodes = self._node_or_none(target)
+        if not nodes or nodes[0].kind not in ("draft", "vfile"):  # removed while open, as on any
+            h.written = h.pending = False  # filesystem: the bytes vanish with the last close
+            return
         if not shared:
             os.close(h.fd)
             h.fd = None
@@ -507,6 +534,8 @@ class Operations(pyfuse3.Operations):
         if node is not None:
             h.vfile = node.parent
             h.base_sha = node.sha256
+        elif nodes[0].kind == "draft":  # NAME/NAME equal to the newest version: goes on as latest
+            h.vfile = nodes[0].parent
         if not shared:
             h.work = None
 
@@ -591,7 +620,11 @@ class Operations(pyfuse3.Operations):
 
     async def _setattr_latest(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None) -> pyfuse3.EntryAttributes:
         vfile = self.catalog.get(inode - LATEST_BASE)
-        if fields.update_mode or fields.update_uid or fields.update_gid:
+        if (  # setting what latest already shows changes nothing (vim, `cp -p` do it): allowed
+            fields.update_mode and stat.S_IMODE(attr.st_mode) != 0o644
+            or fields.update_uid and attr.st_uid != self.uid
+            or fields.update_gid and attr.st_gid != self.gid
+        ):
             raise errors.ReadOnly("a version's mode cannot change")
         if fields.update_size:
             h = self.handles.get(fh) if fh is not None else None
@@ -648,6 +681,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if name.startswith(b"system."):  # no ACLs anywhere: `cp -p` then falls back to chmod
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         if self._version_of(inode) is not None:
             raise errors.ReadOnly("versions are immutable")
         raise pyfuse3.FUSEError(errno.ENOTSUP)

@@ -29,7 +29,7 @@ from .errors import IntegrityError
 from .store import layout
 from .store.l1 import ChunkCache
 from .store.l2 import DiskCache, hash_fd
-from .store.l3 import ObjectMissing, ObjectStore, StoreError
+from .store.l3 import ObjectMissing, ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
 
 RELAYFS = [sys.executable, "-m", "relayfs"]
 
@@ -34,6 +36,18 @@ def sh(cmd: str, cwd: str | os.PathLike[str] | None = None, check: bool = True, 
     if check and done.returncode != 0:
         raise AssertionError(f"{cmd!r} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return done
+
+
+def poll(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Return ``check()`` once it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
 
 
 class Mount:

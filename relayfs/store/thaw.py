@@ -136,6 +136,7 @@ class Thawer:
         except Exception as e:  # the error reaches every waiting reader as EIO
             if not isinstance(e, (IntegrityError, Unavailable)):
                 log.exception("thaw of blob %s failed", thaw.sha[:12])
+                e = Unavailable(f"thaw of blob {thaw.sha[:12]} failed: {e}")  # readers see EIO
             thaw.fail(e)
         finally:
             self.active.pop(thaw.sha, None)
@@ -154,7 +155,11 @@ class Thawer:
             data = await self._get(thaw, start, length)
             if thaw.error is not None:
                 return
-            await trio.to_thread.run_sync(self._store_chunks, thaw, run, data, limiter=self.limiter)
+            try:
+                await trio.to_thread.run_sync(self._store_chunks, thaw, run, data, limiter=self.limiter)
+            except IntegrityError as e:
+                thaw.fail(e)  # on the loop: trio events cannot be set from a worker thread
+                return
             for i in run:
                 thaw.arrived[i].set()
 
@@ -179,13 +184,13 @@ class Thawer:
 
     @staticmethod
     def _store_chunks(thaw: Thaw, run: list[int], data: bytes) -> None:
+        """Check each chunk against its recorded hash and write it (in a worker thread)."""
         for n, index in enumerate(run):
             piece = data[n * thaw.chunk_size:(n + 1) * thaw.chunk_size]
             if hashlib.sha256(piece).hexdigest() != thaw.hashes[index]:
                 err = IntegrityError(f"blob {thaw.sha[:12]} chunk {index} from L3 does not match its recorded hash")
                 log.error("integrity: %s", err)
-                thaw.fail(err)
-                return
+                raise err
             os.pwrite(thaw.fd, piece, index * thaw.chunk_size)
 
     def _finish(self, thaw: Thaw) -> None:
