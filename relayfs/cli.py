@@ -99,6 +99,9 @@ def mount(mountpoint: str, config_file: str | None, foreground: bool, **flags: A
         daemon.setup_logging(cfg.log_level)
         sys.exit(daemon.run(cfg, mountpoint))
     cfg.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    holder = daemon.cache_in_use(cfg.cache)
+    if holder is not None:  # say it here, not in the other mount's log
+        _fail(f"cache dir {cfg.cache} is in use by another RelayFS mount (pid {holder})")
     log_path = cfg.cache / "daemon.log"
     args = [sys.executable, "-m", "relayfs", "mount", "--foreground", os.path.abspath(mountpoint)]
     if config_file:

@@ -93,6 +93,21 @@ def check_mountpoint(mountpoint: Path) -> None:
     del st
 
 
+def cache_in_use(cache: Path) -> str | None:
+    """The pid holding a cache dir's lock, or None when it is free (checked, not taken)."""
+    try:
+        fd = os.open(cache / "lock", os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
 def lock_cache(cache: Path) -> int:
     """Hold an exclusive lock on the cache dir for the daemon's lifetime."""
     fd = os.open(cache / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -161,7 +176,7 @@ class Daemon:
             log.info("mounted %s at %s (cache %s)", self.store.description, self.mountpoint, self.config.cache)
             try:
                 nursery.start_soon(self.runner.run)
-                nursery.start_soon(self._control_server)
+                await nursery.start(self._control_server)
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._announce_ready)
@@ -200,7 +215,7 @@ class Daemon:
             await self._make_room()
 
     # -- control socket ----------------------------------------------------------------
-    async def _control_server(self) -> None:
+    async def _control_server(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         path = self.control_path
         if os.path.exists(path):
             os.unlink(path)
@@ -209,6 +224,7 @@ class Daemon:
             await sock.bind(addr)
         os.chmod(path, 0o600)
         sock.listen(16)
+        task_status.started()
         await trio.serve_listeners(self._handle_control, [trio.SocketListener(sock)])
 
     async def _handle_control(self, stream: trio.SocketStream) -> None:

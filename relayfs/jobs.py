@@ -4,7 +4,7 @@ The journal is the ``jobs`` table of the catalog, so a job exists as soon as the
 transaction that made it commits, and a restart finds it again. ``JobRunner.run`` is one
 trio task that starts a worker task per runnable job, at most ``upload_concurrency`` at
 once. Jobs of one file run one at a time, in the order they were made (a delete never
-overtakes the upload of the same version). Blob uploads and blob deletes of one SHA-256
+overtakes the upload of the same version); namespace events form one such chain of their own. Blob uploads and blob deletes of one SHA-256
 hold that SHA's lock, so a delete cannot remove bytes another file's upload relies on.
 
 Progress counters are the only state written from worker threads (boto3's callbacks); each
@@ -85,7 +85,9 @@ class JobRunner:
         ready: list[Job] = []
         next_due: float | None = None
         for job in self.catalog.unfinished_jobs():
-            key = job.file_id or f"job{job.id}"
+            # one chain per file (a delete never overtakes its upload), and one for namespace
+            # events (uploaded in key order, so a poller listing after a key misses none)
+            key = "ns" if job.kind == "ns" else (job.file_id or f"job{job.id}")
             blocked = key in busy_files
             busy_files.add(key)
             if blocked or job.id in self._running:

@@ -150,7 +150,6 @@ def test_mount_point_busy(mnt: Mount, tmp_path: Path) -> None:
 
 
 def test_cache_dir_in_use(mnt: Mount, tmp_path: Path) -> None:
-    mnt.expect_error("is in use by another RelayFS mount")  # the refused daemon logs there
     (tmp_path / "m2").mkdir()
     done = relayfs(
         "mount", str(tmp_path / "m2"), "--l3", mnt.l3, "--s3-endpoint", mnt.endpoint or "",
