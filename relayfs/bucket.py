@@ -1,8 +1,8 @@
 """Reading RelayFS's namespace back from L3 (see ``store/layout.py`` for the layout).
 
-A fresh machine with an empty cache calls ``rebuild``: it lists ``ns/`` and ``records/``,
-fetches every event and live record with bounded parallel GETs, skips anything it did not
-write or that would escape the mount (with a log line), and loads the result into the
+A fresh machine with an empty cache calls ``rebuild``: it lists the bucket, fetches every
+event and live record with bounded parallel GETs, skips anything it did not write or that
+would escape the mount (with a WARNING naming the key), and loads the result into the
 catalog in one transaction.
 """
 
@@ -29,7 +29,7 @@ async def _fetch_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
         try:
             out[key] = await trio.to_thread.run_sync(store.get_bytes, key, limiter=limiter)
         except ObjectMissing:
-            log.warning("skipping %s: it vanished while being read", key)
+            log.warning("skipping %r: it vanished while being read", key)
 
     async with trio.open_nursery() as n:
         for key in keys:
@@ -38,26 +38,34 @@ async def _fetch_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
 
 
 async def rebuild(catalog: Catalog, store: ObjectStore) -> dict[str, int]:
-    """Fill an empty catalog from the bucket alone."""
-    ns_keys = await trio.to_thread.run_sync(lambda: list(store.list("ns/")))
-    rec_keys = await trio.to_thread.run_sync(lambda: list(store.list("records/")))
-    good_ns = []
-    for key in ns_keys:
-        if layout.is_ns_key(key):
-            good_ns.append(key)
-        else:
-            log.warning("skipping foreign key %s", key)
+    """Fill an empty catalog from the bucket alone.
+
+    One listing of the whole bucket sorts every key into events, version records and blobs;
+    anything else is foreign and skipped with a WARNING. Keys and names from the bucket are
+    logged with ``%r``, so a hostile key cannot forge or garble log lines.
+    """
+    keys = await trio.to_thread.run_sync(lambda: list(store.list("")))
+    good_ns: list[str] = []
+    blobs: set[str] = set()
     used: dict[str, int] = {}
     live: dict[tuple[str, int], str] = {}
     dead: set[tuple[str, int]] = set()
-    for key in rec_keys:
-        try:
-            fid, num, tomb = layout.parse_record_key(key)
-        except layout.BadRecord as e:
-            log.warning("skipping %s", e)
-            continue
-        used[fid] = max(used.get(fid, 0), num)
-        (dead.add((fid, num)) if tomb else live.__setitem__((fid, num), key))
+    for key in keys:
+        if key.startswith("ns/") and layout.is_ns_key(key):
+            good_ns.append(key)
+        elif key.startswith("blobs/") and layout.is_blob_key(key):
+            blobs.add(key.rsplit("/", 1)[1])
+        elif key.startswith("records/"):
+            try:
+                fid, num, tomb = layout.parse_record_key(key)
+            except layout.BadRecord:
+                log.warning("skipping foreign key %r: not a version record key", key)
+                continue
+            used[fid] = max(used.get(fid, 0), num)
+            (dead.add((fid, num)) if tomb else live.__setitem__((fid, num), key))
+        else:
+            log.warning("skipping foreign key %r: RelayFS did not write it", key)
+    good_ns.sort()
     wanted = [k for fn, k in live.items() if fn not in dead]
     bodies = await _fetch_all(store, good_ns + wanted)
     events: list[tuple[str, layout.NsEvent]] = []
@@ -67,7 +75,7 @@ async def rebuild(catalog: Catalog, store: ObjectStore) -> dict[str, int]:
         try:
             events.append((key, layout.NsEvent.from_json(bodies[key])))
         except layout.BadRecord as e:
-            log.warning("skipping namespace event %s: %s", key, e)
+            log.warning("skipping namespace event %r: %s", key, e)
     records: dict[str, list[layout.VersionRecord]] = {}
     for (fid, num), key in sorted(live.items()):
         if (fid, num) in dead or key not in bodies:
@@ -75,10 +83,13 @@ async def rebuild(catalog: Catalog, store: ObjectStore) -> dict[str, int]:
         try:
             rec = layout.VersionRecord.from_json(bodies[key])
         except layout.BadRecord as e:
-            log.warning("skipping version record %s: %s", key, e)
+            log.warning("skipping version record %r: %s", key, e)
             continue
         if (rec.file_id, rec.num) != (fid, num):
-            log.warning("skipping version record %s: it names another version", key)
+            log.warning("skipping version record %r: it names another version", key)
+            continue
+        if rec.sha256 not in blobs:
+            log.warning("skipping version record %r: its blob %s is missing from the bucket", key, rec.sha256[:12])
             continue
         records.setdefault(fid, []).append(rec)
     counts = await catalog.load_snapshot(events, records, used)

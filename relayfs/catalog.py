@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 import trio
 
@@ -40,6 +40,7 @@ from .errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
+    NoSpace,
     NotPermitted,
     ReadOnly,
 )
@@ -52,6 +53,7 @@ ROOT_INO = 1
 LATEST_BASE = 1 << 40
 JOBS_DIR_INO = 1 << 41  # job files are JOBS_DIR_INO + job id
 RESERVED_ROOT = ".jobs"
+CATALOG_ROOM = 4 * 1024 * 1024  # asked of a full disk before a write transaction is retried
 
 T = TypeVar("T")
 
@@ -205,6 +207,7 @@ class Catalog:
             self._set_meta(self._w, "origin", uuid.uuid4().hex[:8])
         self.origin: str = self.meta("origin") or ""
         self.changed = trio.Event()  # replaced after each set: jobs were added or changed
+        self.make_room: Callable[[int], Awaitable[int]] | None = None  # see _write
 
     def close(self) -> None:
         self._r.close()
@@ -212,20 +215,34 @@ class Catalog:
 
     # -- plumbing ----------------------------------------------------------------------
     def _run_txn(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """One transaction; nothing of it stays when it fails, also when COMMIT itself fails
+        (a full disk fails the WAL append at COMMIT: that is ``NoSpace``)."""
         c = self._w
         c.execute("BEGIN IMMEDIATE")
         try:
             result = fn(c, *args)
-        except BaseException:
-            c.execute("ROLLBACK")
+            c.execute("COMMIT")
+        except BaseException as e:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise NoSpace(f"the catalog cannot grow: {e}") from None
             raise
-        c.execute("COMMIT")
         return result
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run one write transaction in the writer thread; see the module's locking rule."""
-        result = await trio.to_thread.run_sync(self._run_txn, fn, args, limiter=self._wlimit)
-        return result
+        """Run one write transaction in the writer thread; see the module's locking rule.
+
+        On a full disk, ask ``make_room`` (set by the daemon: evict blobs durable in L3) and
+        run the transaction once more; ``fn`` checks its own preconditions, so that is safe.
+        """
+        try:
+            return await trio.to_thread.run_sync(self._run_txn, fn, args, limiter=self._wlimit)
+        except NoSpace:
+            if self.make_room is None:
+                raise
+        await self.make_room(CATALOG_ROOM)
+        return await trio.to_thread.run_sync(self._run_txn, fn, args, limiter=self._wlimit)
 
     def _notify(self) -> None:
         self.changed.set()
@@ -667,6 +684,25 @@ class Catalog:
     async def prune_jobs(self, before: float) -> None:
         await self._write(lambda c: c.execute("DELETE FROM jobs WHERE state = 'done' AND updated < ?", (before,)))
 
+    # -- crash recovery (see recovery.py) ----------------------------------------------
+    def local_files(self) -> list[Node]:
+        """Draft and scratch nodes: files whose bytes live only in an L2 work file."""
+        rows = self._r.execute("SELECT * FROM nodes WHERE kind IN ('draft', 'scratch') ORDER BY ino").fetchall()
+        return [_node(r) for r in rows]
+
+    def blob_shas(self) -> set[str]:
+        """Every blob the catalog knows (committed versions, also ones evicted from L2)."""
+        return {r[0] for r in self._r.execute("SELECT sha256 FROM blobs")}
+
+    async def drop_local(self, inos: list[int]) -> None:
+        """Remove draft and scratch nodes in one transaction (never a folder or a version)."""
+
+        def tx(c: sqlite3.Connection) -> None:
+            c.executemany("DELETE FROM nodes WHERE ino = ? AND kind IN ('draft', 'scratch')", [(i,) for i in inos])
+
+        if inos:
+            await self._write(tx)
+
     # -- rebuild from L3 ---------------------------------------------------------------
     def is_empty(self) -> bool:
         return self._r.execute("SELECT count(*) FROM nodes").fetchone()[0] <= 1 and self.meta("rebuilt") is None
@@ -685,31 +721,47 @@ class Catalog:
             tree: dict[str, tuple[str, str]] = {}  # path -> (kind, file_id)
             mtimes: dict[str, int] = {}
             skipped = 0
+            live_fids: set[str] = set()  # file ids in the tree: each names one file only
+
+            def has_children(path: str) -> bool:
+                return any(p.startswith(path + "/") for p in tree)
+
             for key, ev in events:
+                # what RelayFS itself never writes is a clash (or a hostile key): skipped, with
+                # the key and names logged by repr so they cannot forge log lines
                 parent = ev.path.rpartition("/")[0]
                 if ev.op in ("mkdir", "mkfile"):
                     if ev.path in tree or (parent and tree.get(parent, ("", ""))[0] != "dir") or ev.path == RESERVED_ROOT:
-                        log.warning("skipping namespace event %s: %s %s clashes or has no folder", key, ev.op, ev.path)
+                        log.warning("skipping namespace event %r: %s %r clashes or has no folder", key, ev.op, ev.path)
+                        skipped += 1
+                        continue
+                    if ev.op == "mkfile" and ev.file_id in live_fids:
+                        log.warning("skipping namespace event %r: file id of %r is already in use", key, ev.path)
                         skipped += 1
                         continue
                     tree[ev.path] = ("dir", "") if ev.op == "mkdir" else ("vfile", ev.file_id)
+                    if ev.op == "mkfile":
+                        live_fids.add(ev.file_id)
                     mtimes[ev.path] = ev.mtime_ns
                 elif ev.op in ("rmdir", "unlink"):
-                    if ev.path not in tree:
+                    kind = tree.get(ev.path, ("", ""))[0]
+                    if kind != ("dir" if ev.op == "rmdir" else "vfile") or has_children(ev.path):
+                        log.warning("skipping namespace event %r: no empty %s %r to remove", key,
+                                    "folder" if ev.op == "rmdir" else "file", ev.path)
                         skipped += 1
                         continue
-                    for p in [p for p in tree if p == ev.path or p.startswith(ev.path + "/")]:
-                        del tree[p]
+                    live_fids.discard(tree.pop(ev.path)[1])
                 elif ev.op == "rename":
                     to_parent = ev.to.rpartition("/")[0]
+                    replaced = tree.get(ev.to)
                     if ev.path not in tree or (to_parent and tree.get(to_parent, ("", ""))[0] != "dir") or (
-                        ev.to == ev.path or ev.to.startswith(ev.path + "/")
-                    ):
-                        log.warning("skipping namespace event %s: cannot rename %s", key, ev.path)
+                        ev.to == ev.path or ev.to.startswith(ev.path + "/") or ev.to == RESERVED_ROOT
+                    ) or replaced is not None and (replaced[0] != tree[ev.path][0] or has_children(ev.to)):
+                        log.warning("skipping namespace event %r: cannot rename %r to %r", key, ev.path, ev.to)
                         skipped += 1
                         continue
-                    if ev.to in tree:  # replaced an empty entry
-                        del tree[ev.to]
+                    if replaced is not None:  # replaced an empty entry of its kind
+                        live_fids.discard(tree.pop(ev.to)[1])
                     for p in [p for p in tree if p == ev.path or p.startswith(ev.path + "/")]:
                         tree[ev.to + p[len(ev.path):]] = tree.pop(p)
                         if p in mtimes:
@@ -732,6 +784,13 @@ class Catalog:
                     continue
                 counts["files"] += 1
                 for rec in records.get(fid, []):
+                    known = c.execute("SELECT size, chunk_size, chunks FROM blobs WHERE sha256 = ?", (rec.sha256,)).fetchone()
+                    if known is not None and tuple(known) != (rec.size, rec.chunk_size, json.dumps(rec.chunks)):
+                        log.warning(
+                            "skipping version record %r: blob %s is recorded with another size or chunks",
+                            layout.record_key(fid, rec.num), rec.sha256[:12],
+                        )
+                        continue
                     c.execute(
                         "INSERT OR IGNORE INTO blobs (sha256, size, chunk_size, chunks, durable) VALUES (?, ?, ?, ?, 1)",
                         (rec.sha256, rec.size, rec.chunk_size, json.dumps(rec.chunks)),
@@ -742,6 +801,10 @@ class Catalog:
                     )
                     counts["versions"] += 1
                     c.execute("UPDATE nodes SET mtime_ns = max(mtime_ns, ?) WHERE ino = ?", (rec.mtime_ns, ino))
+            loaded = {fid for kind, fid in tree.values() if kind == "vfile"}
+            for fid in sorted(set(records) - loaded):
+                for rec in records[fid]:
+                    log.warning("skipping version record %r: no file in the namespace has id %s", layout.record_key(fid, rec.num), fid)
             if events:
                 self._set_meta(c, "ns_last", events[-1][0])
             self._set_meta(c, "rebuilt", str(time.time()))

@@ -247,5 +247,44 @@ def rollback(path: str, version: str) -> None:
     click.echo(f"{path}: committed v{ans['version']} equal to {version if version.startswith('v') else 'v' + version}")
 
 
+@main.command()
+@click.argument("path", default=".", type=click.Path())
+def fsck(path: str) -> None:
+    """Check the cached bytes of every version under PATH; repair what L3 can.
+
+    Every blob in the L2 cache is checked against the SHA-256 recorded for it at commit
+    (each 1 MiB chunk and the whole file), and every version must have its bytes in L2 or
+    in L3. A corrupt cached blob that L3 holds is fetched again from L3; one whose only
+    copy is corrupt is reported with the versions using it, and its upload is stopped so
+    the bad bytes never reach L3.
+
+    Prints a one-line summary, then one line per blob that was repaired or is still wrong.
+    Exits 0 when everything is (now) fine, 1 when problems are left, 2 when the check
+    could not run (PATH is not in a mount, or does not exist).
+
+    \b
+    Examples:
+      relayfs fsck ~/relay                 # the whole mount
+      relayfs fsck ~/relay/reports/q3.pdf  # one file's versions
+    """
+    try:
+        mnt, rel = control.find_mount(path)
+        ans = control.request(control.socket_of(mnt), "fsck", timeout=None, path=rel)
+    except control.ControlError as e:
+        _fail(str(e), 2)
+        raise AssertionError("unreachable")
+    problems, repaired = ans["problems"], ans["repaired"]
+    click.echo(
+        f"fsck {ans['path']}: {ans['versions']} versions, {ans['blobs']} blobs ({ans['in_l2']} in L2, "
+        f"{ans['only_l3']} only in L3): {len(repaired)} repaired, {len(problems)} problems left"
+    )
+    for f in repaired + problems:
+        users = f["versions"]
+        shown = ", ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+        click.echo(f"{f['kind']:<9} blob {f['sha256'][:12]}: {f['reason']} ({shown})")
+    if problems:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -2,8 +2,10 @@
 
 Every setting has one name used everywhere: the TOML key, the upper-cased environment
 variable with a ``RELAYFS_`` prefix, and the CLI flag with dashes (``cache_dir`` /
-``RELAYFS_CACHE_DIR`` / ``--cache-dir``). Secrets are not settings: S3 credentials come from
-boto3's usual chain (environment, ``~/.aws``).
+``RELAYFS_CACHE_DIR`` / ``--cache-dir``). S3 credentials come from boto3's usual chain
+(environment, ``~/.aws``) unless ``s3_access_key_id``/``s3_secret_access_key`` are set (TOML or
+environment only: a flag would show them in ``ps``). Those two are masked wherever settings
+are shown, and a config file holding them must not be readable by group or others.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +65,9 @@ class Config:
     cache_dir: Path | None = None  # None: derived from l3 under ~/.cache/relayfs/
     s3_endpoint: str | None = None
     s3_region: str | None = None
+    s3_read_timeout: float = 60.0  # seconds an S3 answer may stall before the request is retried
+    s3_access_key_id: str | None = field(default=None, repr=False)  # None: boto3's chain
+    s3_secret_access_key: str | None = field(default=None, repr=False)
     part_size: int = 8 * MiB
     transfer_threads: int = 4
     upload_concurrency: int = 4
@@ -85,14 +91,22 @@ class Config:
         return self.cache_dir
 
     def shown(self) -> dict[str, Any]:
-        """The settings as plain values, safe to print (holds no secrets)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        """The settings as plain values, safe to print: credentials are masked."""
+        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        for name in SECRETS:
+            if out[name] is not None:
+                out[name] = MASK
+        return out
+
+
+SECRETS = ("s3_access_key_id", "s3_secret_access_key")
+MASK = "********"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _SIZES = {"part_size", "l1_bytes", "l2_bytes"}
 _INTS = {"transfer_threads", "upload_concurrency"}
-_FLOATS = {"jobs_keep_seconds", "retry_base_seconds", "retry_max_seconds"}
+_FLOATS = {"jobs_keep_seconds", "retry_base_seconds", "retry_max_seconds", "s3_read_timeout"}
 _BOOLS = {"allow_other"}
 
 
@@ -129,6 +143,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
+            mode = os.fstat(f.fileno()).st_mode
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
@@ -143,6 +158,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     unknown = sorted(set(flat) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
+    if any(name in flat for name in SECRETS) and mode & 0o077:
+        raise ConfigError(
+            f"config file {path} holds S3 credentials but group or others can access it "
+            f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+        )
     return flat
 
 
@@ -168,4 +188,6 @@ def load_config(
             if name not in _FIELDS:
                 raise ConfigError(f"unknown setting {name!r}")
             values[name] = value
+    if bool(values.get(SECRETS[0])) != bool(values.get(SECRETS[1])):
+        raise ConfigError("s3_access_key_id and s3_secret_access_key must be set together")
     return Config(**{k: _coerce(k, v) for k, v in values.items()})

@@ -66,8 +66,11 @@ def address(sock_path: str) -> Iterator[str]:
         os.close(fd)
 
 
-def request(sock_path: str, op: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
-    """Send one request to a daemon and return its answer (raises ControlError)."""
+def request(sock_path: str, op: str, timeout: float | None = 30.0, **args: Any) -> dict[str, Any]:
+    """Send one request to a daemon and return its answer (raises ControlError).
+
+    ``timeout`` None waits as long as the daemon works (``fsck`` hashes the whole cache).
+    """
     msg = json.dumps({"op": op, **args}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

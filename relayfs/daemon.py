@@ -26,10 +26,11 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import bucket, control
+from . import bucket, control, recovery
+from .fsck import Fsck
 from .catalog import Catalog
 from .config import Config
-from .errors import NotFound, RelayError
+from .errors import NoSpace, NotFound, RelayError
 from .fs import Operations
 from .jobs import JobRunner
 from .store.l1 import ChunkCache
@@ -136,22 +137,27 @@ class Daemon:
         self.store: ObjectStore = make_store(
             config.l3, endpoint_url=config.s3_endpoint, region=config.s3_region,
             part_size=config.part_size, threads=config.transfer_threads,
+            read_timeout=config.s3_read_timeout,
+            access_key_id=config.s3_access_key_id, secret_access_key=config.s3_secret_access_key,
         )
         self.control_path = str(config.cache / "control.sock")
         self.mounted = False
+        self.fsck_lock = trio.Lock()  # one fsck at a time: two would repair the same blob twice
         self.runner = JobRunner(
             self.catalog, self.store, self.l2, self.l1, concurrency=config.upload_concurrency,
             retry_base=config.retry_base_seconds, retry_max=config.retry_max_seconds,
         )
 
     async def prepare(self) -> None:
-        """Reach L3, rebuild an empty catalog from it, requeue interrupted jobs."""
+        """Reach L3, rebuild an empty catalog from it, tidy what a crash left (recovery.py),
+        requeue interrupted jobs."""
         try:
             await trio.to_thread.run_sync(self.store.check)
         except StoreError as e:
             raise MountError(str(e)) from None
         if self.catalog.is_empty():
             await bucket.rebuild(self.catalog, self.store)
+        await recovery.recover(self.catalog, self.l2)
         n = await self.catalog.requeue_interrupted()
         if n:
             log.info("%d unfinished jobs queued again", n)
@@ -160,7 +166,10 @@ class Daemon:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             thawer = Thawer(self.l2, self.store, nursery, parallel=self.config.transfer_threads, on_done=self._thawed)
-            self.tiers = Tiers(self.l1, self.l2, thawer, l2_budget=self.config.l2_bytes)
+            self.tiers = Tiers(
+                self.l1, self.l2, thawer, l2_budget=self.config.l2_bytes, evictable=self.catalog.evictable_blobs
+            )
+            self.catalog.make_room = self.tiers.free_space  # a full disk evicts before ENOSPC
             ops = Operations(
                 self.catalog, self.tiers, self.l2, self.runner,
                 control_path=self.control_path, jobs_keep=self.config.jobs_keep_seconds,
@@ -211,7 +220,10 @@ class Daemon:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(HOUSEKEEPING_SECONDS)
-            await self.catalog.prune_jobs(time.time() - self.config.jobs_keep_seconds)
+            try:
+                await self.catalog.prune_jobs(time.time() - self.config.jobs_keep_seconds)
+            except NoSpace as e:  # a full cache disk: pruning waits for the next round
+                log.warning("housekeeping: %s", e)
             await self._make_room()
 
     # -- control socket ----------------------------------------------------------------
@@ -271,6 +283,11 @@ class Daemon:
                     "state": self.catalog.version_state(v), "tier": ",".join(tiers), "job": v.job_id,
                 })
             return {"path": self.catalog.path_of(vfile.ino), "versions": rows}
+        if op == "fsck":
+            async with self.fsck_lock:
+                checker = Fsck(self.catalog, self.l1, self.l2, self.tiers.thawer, self.store, self.runner)
+                report = await checker.run(str(req.get("path", "")).strip("/"))
+            return report.as_dict()
         if op == "rollback":
             vfile = self._vfile(str(req["path"]))
             name = str(req["version"])

@@ -16,6 +16,14 @@ on L2. A shell's ``>`` opens, ``dup2``s and closes the first descriptor before w
 first flush finds nothing written and commits nothing. A draft that was only created or
 truncated (``touch new``, ``: > NAME/latest``) commits at ``release``. Each FileHandle has a
 lock held across a write and across a commit, so a commit never seals bytes mid-write.
+
+A full cache disk: every L2 write that needs space (``write``, a truncate, the copy of
+``latest`` a draft starts from, sealing) goes through ``Tiers.with_room``, which evicts
+versions already durable in L3 and tries once more before giving ``ENOSPC``; the catalog
+does the same for its transactions (``Catalog.make_room``). A write, truncate or commit that still fails marks its handle ``failed``:
+from then on it commits nothing, its later writes and its ``close()`` fail with the same
+error, and when its last user lets go a new file (a draft) goes too, with its partial bytes,
+so a failed ``cp`` leaves neither a partial version nor a partial file behind.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import logging
 import os
 import stat
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -107,7 +116,15 @@ class FileHandle:
     base_sha: str | None = None  # what the draft started from (no change, no version)
     written: bool = False  # bytes or size changed through this handle since its last commit
     pending: bool = False  # created or truncated at open: commits at release at the latest
+    failed: Exception | None = None  # a write, truncate or commit failed: commits nothing more
     lock: trio.Lock = field(default_factory=trio.Lock)
+
+    def failure(self) -> Exception:
+        """A fresh copy of the error that failed this handle, to report again."""
+        e = self.failed
+        if isinstance(e, OSError):
+            return OSError(e.errno, e.strerror)
+        return type(e)(str(e)) if e is not None else errors.NoSpace("failed")
 
 
 @dataclass
@@ -142,6 +159,7 @@ class Operations(pyfuse3.Operations):
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.disk = tiers.disk
+        self.sealing: Counter[str] = Counter()  # blobs sealed whose commit is in flight
 
     # -- attributes --------------------------------------------------------------------
     def _attr(self, ino: int, mode: int, size: int, mtime_ns: int, timeout: float) -> pyfuse3.EntryAttributes:
@@ -275,17 +293,21 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._check_writable_parent(parent_inode)
+        self._check_writable_parent(parent_inode, name)
         await self.catalog.remove(parent_inode, layout.check_name(name), folder=True)
 
-    def _check_writable_parent(self, parent_inode: int) -> None:
+    def _check_writable_parent(self, parent_inode: int, name: bytes | None = None) -> None:
+        """Nothing in ``.jobs`` changes, nor does ``.jobs`` itself (``name``: an entry that
+        is removed or moved away; without this it would be ENOENT, as it has no row)."""
         if parent_inode == JOBS_DIR_INO or parent_inode > JOBS_DIR_INO:
             raise errors.ReadOnly(".jobs is read-only")
+        if parent_inode == ROOT_INO and name == b".jobs":
+            raise errors.ReadOnly(".jobs is virtual and read-only")
 
     # -- removing and renaming ---------------------------------------------------------
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._check_writable_parent(parent_inode)
+        self._check_writable_parent(parent_inode, name)
         text = layout.check_name(name)
         parent = self.catalog.get(parent_inode)
         if parent.kind == "vfile" and text == "latest":
@@ -304,7 +326,7 @@ class Operations(pyfuse3.Operations):
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: pyfuse3.RequestContext
     ) -> None:
-        self._check_writable_parent(parent_inode_old)
+        self._check_writable_parent(parent_inode_old, name_old)
         self._check_writable_parent(parent_inode_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise errors.InvalidName("exchanging names is not supported")
@@ -334,8 +356,42 @@ class Operations(pyfuse3.Operations):
         Nothing is committed when the bytes equal ``target``'s newest version (or
         ``base_sha``): opening for write and closing with no change commits nothing.
         """
-        seal = self.l2.snapshot if keep else self.l2.seal
-        info: BlobInfo = await trio.to_thread.run_sync(seal, work, limiter=self.disk)
+        info = await self._seal(work, keep)
+        self.sealing[info.sha256] += 1
+        try:
+            return await self._commit_sealed(target, info, consume, base_sha)
+        except Exception:
+            await self._unseal(info.sha256, None if keep else work)
+            raise
+        finally:
+            self.sealing[info.sha256] -= 1
+            if self.sealing[info.sha256] <= 0:
+                del self.sealing[info.sha256]
+
+    async def _seal(self, work: str, keep: bool) -> BlobInfo:
+        """Seal (or with ``keep``, snapshot) a work file into L2, making room on a full disk."""
+        if not keep:
+            return await self.tiers.with_room(0, self.l2.seal, work)
+        size = await trio.to_thread.run_sync(os.path.getsize, self.l2.work_path(work), limiter=self.disk)
+        return await self.tiers.with_room(size, self.l2.snapshot, work)
+
+    async def _unseal(self, sha: str, work: str | None) -> None:
+        """Undo the seal of a commit that failed: the work file (when sealing moved it) gets
+        its bytes back, and a blob no version or other commit uses leaves L2, so a full disk
+        does not fill up with orphans."""
+        in_use = self.sealing[sha] > 1
+        if not in_use:
+            try:
+                self.catalog.blob(sha)
+                in_use = True
+            except errors.NotFound:
+                pass
+        try:
+            await trio.to_thread.run_sync(self.l2.unseal, sha, work, in_use, limiter=self.disk)
+        except OSError as e:
+            log.warning("after a failed commit, could not restore work file %s: %s", work, e)
+
+    async def _commit_sealed(self, target: int, info: BlobInfo, consume: int | None, base_sha: str | None) -> Node | None:
         t = self.catalog.get(target)
         owner = t if t.kind == "vfile" else self.catalog.get(t.parent)  # NAME/NAME: its vfile
         head = self.catalog.head(owner.ino) if owner.kind == "vfile" else None
@@ -393,9 +449,14 @@ class Operations(pyfuse3.Operations):
         head = self.catalog.head(vfile.ino)
         base = head.sha256 if head else None
         copy_from = None if truncate or head is None or head.size == 0 else base
-        if copy_from is not None and not self.l2.has_blob(copy_from):
-            await self._thaw_whole(head)  # type: ignore[arg-type]
-        work = await trio.to_thread.run_sync(self.l2.new_work_file, copy_from, limiter=self.disk)
+        if copy_from is None:
+            work = await self.tiers.with_room(0, self.l2.new_work_file, None)
+        else:
+            assert head is not None
+            with self.tiers.pin(copy_from):  # making room for the copy must not evict its source
+                if not self.l2.has_blob(copy_from):
+                    await self._thaw_whole(head)
+                work = await self.tiers.with_room(head.size, self.l2.new_work_file, copy_from)
         fd = await self._open_work_fd(work, False)
         return FileHandle(LATEST_BASE + vfile.ino, work, fd, commits=True, vfile=vfile.ino, base_sha=base or "", pending=truncate)
 
@@ -410,8 +471,20 @@ class Operations(pyfuse3.Operations):
                 await h.reader.thaw.finished.wait()
                 if h.reader.thaw.error:
                     raise h.reader.thaw.error
+        except errors.IntegrityError as e:
+            self._integrity_failed(node, e)
+            raise
         finally:
             h.reader.close()
+
+    def _integrity_failed(self, node: Node, e: errors.IntegrityError) -> None:
+        """Name the version whose bytes were refused: the tiers only know the blob, and a user
+        (or ``relayfs fsck``) needs the path to act on."""
+        try:
+            where = f"/{self.catalog.path_of(node.ino)}"
+        except errors.NotFound:  # removed while open
+            where = f"v{node.num} of a removed file"
+        log.error("integrity: %s: %s; not served (EIO)", where, e)
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -463,7 +536,7 @@ class Operations(pyfuse3.Operations):
             return fi, self._attr(LATEST_BASE + parent.ino, 0o100644, 0, time.time_ns(), 0.0)
         if parent.kind not in ("dir", "vfile"):
             raise errors.NotADirectory("not a folder")
-        work = await trio.to_thread.run_sync(self.l2.new_work_file, None, limiter=self.disk)
+        work = await self.tiers.with_room(0, self.l2.new_work_file, None)
         try:
             node = await self.catalog.create(parent_inode, text, mode, work)
         except BaseException:
@@ -478,7 +551,11 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handles[fh]
         if isinstance(h, VersionHandle):
-            return await h.reader.read(off, size)
+            try:
+                return await h.reader.read(off, size)
+            except errors.IntegrityError as e:
+                self._integrity_failed(h.node, e)
+                raise
         if isinstance(h, TextHandle):
             return h.data[off:off + size]
         async with h.lock:
@@ -501,19 +578,39 @@ class Operations(pyfuse3.Operations):
         if not isinstance(h, FileHandle):
             raise errors.ReadOnly("not open for writing")
         async with h.lock:
-            if h.fd is None:
-                await self._reopen(h)
-            assert h.fd is not None
-            n = await trio.to_thread.run_sync(os.pwrite, h.fd, buf, off, limiter=self.disk)
+            if h.failed is not None:
+                raise h.failure()
+            try:
+                if h.fd is None:
+                    await self._reopen(h)
+                assert h.fd is not None
+                n = await self.tiers.with_room(len(buf), os.pwrite, h.fd, buf, off)
+            except (errors.RelayError, OSError) as e:
+                h.failed = e  # bytes are missing from the draft: it must never commit
+                raise
             h.written = True
             return n
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
-        if isinstance(h, FileHandle) and h.commits and h.written:
-            async with h.lock:
-                await self._commit_handle(h)
+        if not isinstance(h, FileHandle):
+            return
+        async with h.lock:
+            if h.failed is None and h.commits and h.written:
+                try:
+                    await self._commit_handle(h)
+                except (errors.RelayError, OSError) as e:
+                    h.failed = e  # close() says it failed: release must not commit it after all
+            if h.failed is None:
+                return
+            # close() reports the failed write and commits nothing; a new file goes at once
+            # (release comes later, asynchronously) unless other handles still write it
+            if h.work is not None and self.work_users.get(h.work, 0) <= 1:
+                named = [n for n in self._node_or_none(h.ino) if n.work == h.work and n.kind == "draft"]
+                if named:
+                    await self._drop_failed_draft(named[0])
+            raise h.failure()
 
     async def _commit_handle(self, h: FileHandle) -> None:
         """Commit what a writable draft holds; the handle may go on writing a new draft."""
@@ -529,7 +626,12 @@ class Operations(pyfuse3.Operations):
             os.close(h.fd)
             h.fd = None
             self._drop_work_user(h.work)
-        node = await self._commit_work(target, h.work, keep=shared, base_sha=h.base_sha if h.vfile else None)
+        try:
+            node = await self._commit_work(target, h.work, keep=shared, base_sha=h.base_sha if h.vfile else None)
+        except BaseException:
+            if not shared:  # release still holds the work file: it drops this user again
+                self.work_users[h.work] = self.work_users.get(h.work, 0) + 1
+            raise
         h.written = h.pending = False
         if node is not None:
             h.vfile = node.parent
@@ -550,6 +652,8 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handles.get(fh)
+        if isinstance(h, FileHandle) and h.failed is not None:
+            raise h.failure()  # fsync must not report durable what a failed write lost
         if isinstance(h, FileHandle) and h.fd is not None:
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd, limiter=self.disk)
 
@@ -562,17 +666,40 @@ class Operations(pyfuse3.Operations):
         if not isinstance(h, FileHandle):
             return
         async with h.lock:
-            if h.commits and (h.written or h.pending):  # created or truncated only, or no flush came
+            if h.failed is None and h.commits and (h.written or h.pending):  # created or truncated only, or no flush came
                 try:
                     await self._commit_handle(h)
+                except errors.NoSpace as e:
+                    log.warning("commit at release: %s; nothing committed", e)
+                    h.failed = e
                 except errors.RelayError as e:
                     log.error("commit at release failed: %s", e)
             if h.fd is not None:
                 os.close(h.fd)
             if h.work is not None and self._drop_work_user(h.work) == 0:
-                still_named = any(n.work == h.work for n in self._node_or_none(h.ino))
-                if not still_named:
+                named = [n for n in self._node_or_none(h.ino) if n.work == h.work]
+                if named and h.failed is not None and named[0].kind == "draft":
+                    named = await self._drop_failed_draft(named[0])
+                if not named:
                     await trio.to_thread.run_sync(self.l2.remove_work, h.work, limiter=self.disk)
+
+    async def _drop_failed_draft(self, node: Node) -> list[Node]:
+        """A new file whose write or commit failed goes, partial bytes and all: it never
+        became a version, and on a full disk its space is what is needed back (freed first:
+        the catalog needs a little of it to record the removal)."""
+        assert node.work is not None
+        try:
+            await trio.to_thread.run_sync(os.truncate, self.l2.work_path(node.work), 0, limiter=self.disk)
+        except FileNotFoundError:
+            pass
+        try:
+            await self.catalog.remove(node.parent, node.name, folder=False)
+        except errors.RelayError as e:
+            log.warning("could not remove %s after its write failed: %s", node.name, e)
+            return [node]
+        pyfuse3.invalidate_entry_async(node.parent, node.name.encode(), ignore_enoent=True)
+        log.info("removed the new file %s: its write failed, nothing was committed", node.name)
+        return []
 
     def _node_or_none(self, ino: int) -> list[Node]:
         if ino >= LATEST_BASE:
@@ -598,7 +725,13 @@ class Operations(pyfuse3.Operations):
             assert node.work is not None
             path = self.l2.work_path(node.work)
             if fields.update_size:
-                await trio.to_thread.run_sync(os.truncate, path, attr.st_size, limiter=self.disk)
+                h = self.handles.get(fh) if fh is not None else None
+                try:
+                    await self.tiers.with_room(0, os.truncate, path, attr.st_size)
+                except (errors.RelayError, OSError) as e:
+                    if isinstance(h, FileHandle):
+                        h.failed = e
+                    raise
                 self._mark_written(node.work)
             if fields.update_mtime or fields.update_atime:
                 st = os.stat(path)
@@ -630,19 +763,30 @@ class Operations(pyfuse3.Operations):
             h = self.handles.get(fh) if fh is not None else None
             if isinstance(h, FileHandle):
                 async with h.lock:
-                    if h.fd is None:
-                        await self._reopen(h)
-                    assert h.fd is not None
-                    await trio.to_thread.run_sync(os.ftruncate, h.fd, attr.st_size, limiter=self.disk)
+                    if h.failed is not None:
+                        raise h.failure()
+                    try:
+                        if h.fd is None:
+                            await self._reopen(h)
+                        assert h.fd is not None
+                        await self.tiers.with_room(0, os.ftruncate, h.fd, attr.st_size)
+                    except (errors.RelayError, OSError) as e:
+                        h.failed = e
+                        raise
                     h.written = True
                 st = os.fstat(h.fd)  # type: ignore[arg-type]
                 return self._attr(inode, 0o100644, st.st_size, st.st_mtime_ns, 0.0)
             # truncate(2) with no open file: a new version at once
             draft = await self._latest_draft(vfile, truncate=attr.st_size == 0)
             assert draft.fd is not None and draft.work is not None
-            await trio.to_thread.run_sync(os.ftruncate, draft.fd, attr.st_size, limiter=self.disk)
-            os.close(draft.fd)
-            await self._commit_work(vfile.ino, draft.work, keep=False)
+            try:
+                await self.tiers.with_room(0, os.ftruncate, draft.fd, attr.st_size)
+            finally:
+                os.close(draft.fd)
+            try:
+                await self._commit_work(vfile.ino, draft.work, keep=False)
+            finally:  # gone if sealed; if the truncate or the seal failed, nothing is left
+                await trio.to_thread.run_sync(self.l2.remove_work, draft.work, limiter=self.disk)
         # times of a version are its commit time: nothing else to change
         return self._latest_attr(vfile)
 

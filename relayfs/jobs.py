@@ -6,6 +6,8 @@ trio task that starts a worker task per runnable job, at most ``upload_concurren
 once. Jobs of one file run one at a time, in the order they were made (a delete never
 overtakes the upload of the same version); namespace events form one such chain of their own. Blob uploads and blob deletes of one SHA-256
 hold that SHA's lock, so a delete cannot remove bytes another file's upload relies on.
+An upload job that ran before (it may have died with a ``kill -9``'ed daemon) first aborts
+the multipart uploads still open for its blob key, so a crash leaves no orphaned parts.
 
 Progress counters are the only state written from worker threads (boto3's callbacks); each
 job's counter has its own ``threading.Lock``. Everything else is touched on the trio loop.
@@ -25,7 +27,7 @@ from typing import Callable
 import trio
 
 from .catalog import Catalog, Job
-from .errors import IntegrityError
+from .errors import IntegrityError, NoSpace
 from .store import layout
 from .store.l1 import ChunkCache
 from .store.l2 import DiskCache, hash_fd
@@ -77,6 +79,7 @@ class JobRunner:
         self._blob_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.l3_ok: bool | None = None
         self.l3_error = ""
+        self.stopped: dict[str, str] = {}  # sha -> why its uploads must fail (fsck: its only copy is bad)
 
     # -- dispatch ----------------------------------------------------------------------
     def runnable(self, now: float) -> tuple[list[Job], float | None]:
@@ -118,6 +121,9 @@ class JobRunner:
     async def _work(self, job: Job) -> None:
         try:
             await self._attempt(job)
+        except NoSpace as e:  # the journal itself could not be written: try again later
+            log.warning("job %d (%s %s): cannot record its state: %s", job.id, job.kind, job.path, e)
+            await trio.sleep(min(self.retry_max, 30.0))  # it is still in the journal: runs again
         finally:
             self._running.discard(job.id)
             self.slots.release_on_behalf_of(job.id)
@@ -140,6 +146,10 @@ class JobRunner:
             log.error("job %d (%s %s) failed: %s", job.id, job.kind, job.path, e)
             await self.catalog.job_state(job.id, "failed", error=str(e))
         except Exception as e:  # L3 trouble of any kind: retry with backoff
+            if job.kind == "upload" and job.sha256 in self.stopped:  # retrying cannot help now
+                log.error("job %d (%s %s) failed: %s", job.id, job.kind, job.path, self.stopped[job.sha256])
+                await self.catalog.job_state(job.id, "failed", error=self.stopped[job.sha256])
+                return
             delay = min(self.retry_max, self.retry_base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             self.l3_ok, self.l3_error = False, reason
@@ -157,8 +167,12 @@ class JobRunner:
     async def _upload(self, job: Job) -> None:
         assert job.sha256 and job.key and job.body is not None
         sha = job.sha256
+        if sha in self.stopped:
+            raise PermanentJobError(self.stopped[sha])
         blob = self.catalog.blob(sha)
         async with self._blob_locks[sha]:
+            if job.attempts:  # tried before, maybe by a daemon killed mid-upload
+                await self._abort_leftovers(layout.blob_key(sha))
             if not self.catalog.blob(sha).durable:
                 size = await self._l3(self.store.head, layout.blob_key(sha))
                 if size != blob.size:
@@ -179,6 +193,30 @@ class JobRunner:
             assert isinstance(existing, bytes)
             if layout.VersionRecord.from_json(existing).sha256 != sha:
                 raise PermanentJobError(f"{job.key} already holds different contents")
+
+    async def _abort_leftovers(self, key: str) -> None:
+        """Abort multipart uploads of ``key`` that an earlier attempt left open.
+
+        Called under the blob's lock, so no upload of this daemon is in flight for the key:
+        what is listed was left by a daemon that died mid-upload (``kill -9``, power loss),
+        whose parts would otherwise stay in the bucket, billed and invisible, for ever.
+        """
+        uploads = await trio.to_thread.run_sync(self.store.multipart_uploads, key, limiter=self.io)
+        for found, upload_id in uploads:
+            if found == key:
+                await self._l3(self.store.abort_multipart, key, upload_id)
+                log.info("aborted multipart upload %s of %s left by an interrupted attempt", upload_id, key)
+
+    async def stop_uploads(self, sha: str, reason: str) -> int:
+        """Fail the unfinished uploads of a blob whose only copy is bad (``relayfs fsck``):
+        retrying cannot help, and ``relayfs wait`` and ``.jobs/`` should say so at once. An
+        attempt running now fails when it ends, whatever L3 answered. Returns how many."""
+        self.stopped[sha] = reason
+        jobs = [j for j in self.catalog.unfinished_jobs() if j.kind == "upload" and j.sha256 == sha]
+        for job in jobs:
+            if job.id not in self._running:
+                await self.catalog.job_state(job.id, "failed", error=reason)
+        return len(jobs)
 
     @staticmethod
     def _check_local(path: object, sha: str) -> None:

@@ -31,6 +31,11 @@ _AWS_ENV_UNSET = (
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--crash-rounds", type=int, default=20, help="rounds of the kill -9 test (test_crash.py)")
+    parser.addoption("--crash-seed", type=int, default=None, help="replay test_crash.py's random choices")
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """One moto server for the session. ``stop()``/``start()`` simulate an outage and keep data."""

@@ -149,9 +149,9 @@ class FaultProxy:
                         f'{"SlowDown" if rule.status == 503 else "InternalError"}</Code>'
                         f"<Message>injected fault</Message></Error>"
                     ).encode()
-                    conn.sendall(
+                    conn.sendall(  # an answer to HEAD has no body (it would poison the connection)
                         f"HTTP/1.1 {rule.status} Injected\r\nContent-Type: application/xml\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                        f"Content-Length: {len(body)}\r\n\r\n".encode() + (b"" if req.method == "HEAD" else body)
                     )
                 elif rule.action == "reset":
                     _rst(conn)

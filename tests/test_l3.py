@@ -102,6 +102,16 @@ def test_concurrent_put_and_delete_in_one_directory(store: ObjectStore) -> None:
     assert list(store.list("shared/")) == sorted(f"shared/dir/{n}-last" for n in range(6))
 
 
+def test_no_multipart_upload_left_open(store: ObjectStore, tmp_path: Path) -> None:
+    path, data = _write_file(tmp_path, 2 * PART + 7)
+    store.put_file("blobs/done", str(path))
+    assert store.multipart_uploads("blobs/") == []
+    store.abort_multipart("blobs/done", "no-such-upload")  # nothing open: nothing happens
+    assert store.get_bytes("blobs/done") == data
+    with pytest.raises(ValueError):
+        store.multipart_uploads("../escape")
+
+
 def test_put_file_small(store: ObjectStore, tmp_path: Path) -> None:
     path, data = _write_file(tmp_path, 300_000)
     calls, progress = _progress()
@@ -407,6 +417,23 @@ def test_s3_multipart_aborted_on_outage(s3_server: S3Server, bucket: str, tmp_pa
     assert len(_uploads(s3_server, bucket)) == 1
     store.check()
     assert _uploads(s3_server, bucket) == []
+
+
+def test_s3_lists_and_aborts_uploads_a_crash_left_open(s3_server: S3Server, bucket: str) -> None:
+    # A daemon killed mid-upload leaves its multipart upload open, parts and all; the next
+    # attempt finds it under the blob's key and aborts it. Other prefixes are not touched.
+    store = S3Store(bucket, "team/", endpoint_url=s3_server.endpoint, part_size=PART)
+    raw = s3_server.client()
+    left = raw.create_multipart_upload(Bucket=bucket, Key="team/blobs/ab/abc")["UploadId"]
+    raw.upload_part(Bucket=bucket, Key="team/blobs/ab/abc", UploadId=left, PartNumber=1, Body=b"x" * PART)
+    other = raw.create_multipart_upload(Bucket=bucket, Key="elsewhere/blobs/ab/abc")["UploadId"]
+    assert store.multipart_uploads("blobs/ab/abc") == [("blobs/ab/abc", left)]
+    assert store.multipart_uploads("records/") == []
+    store.abort_multipart("blobs/ab/abc", left)
+    store.abort_multipart("blobs/ab/abc", left)  # already gone: nothing to do, no error
+    assert store.multipart_uploads("") == []
+    assert [u["UploadId"] for u in _uploads(s3_server, bucket)] == [other]
+    assert store.head("blobs/ab/abc") is None
 
 
 # ---------------------------------------------------------------- make_store

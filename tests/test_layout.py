@@ -55,3 +55,24 @@ def test_keys_parse_and_sort_by_time() -> None:
     early, late = layout.ns_key("abcd0123", 9, now=1.0), layout.ns_key("abcd0123", 1, now=2.0)
     assert early < late and layout.is_ns_key(early)
     assert layout.blob_key(SHA) == f"blobs/cc/{SHA}"
+
+
+def test_bucket_content_is_never_coerced() -> None:
+    """A number, list or null cannot become a name, nor a string a number; JSON nested past
+    the parser's depth, out-of-range times and absurd chunk sizes are refused, not crashes."""
+    for body in (b'{"op":"mkdir","path":123}', b'{"op":"mkdir","path":["a"]}', b'{"op":"mkdir","path":null}',
+                 b'{"op":"mkdir","path":"a","mtime_ns":"5"}', b'{"op":"mkdir","path":"a","mtime_ns":true}',
+                 b'{"op":"mkdir","path":"a","mtime_ns":1e30}', b'{"op":"mkdir","path":"a","mtime_ns":-1}',
+                 b'{"op":"mkdir","path":"a","mtime_ns":100000000000000000000000000}', b"[" * 100_000, b"[]", b"\xff"):
+        with pytest.raises(layout.BadRecord):
+            layout.NsEvent.from_json(body)
+    rec = layout.VersionRecord("f" * 32, 3, SHA, 10, 99, layout.CHUNK_SIZE, (SHA,), "abcd1234")
+    for old, new in ((b'"num":3', b'"num":"3"'), (b'"num":3', b'"num":3.0'), (b'"mtime_ns":99', b'"mtime_ns":1' + b"0" * 30),
+                     (b'"chunk_size":1048576', b'"chunk_size":0'), (b'"chunk_size":1048576', b'"chunk_size":1099511627776'),
+                     (b'"origin":"abcd1234"', b'"origin":7')):
+        assert old in rec.to_json()
+        with pytest.raises(layout.BadRecord):
+            layout.VersionRecord.from_json(rec.to_json().replace(old, new))
+    assert layout.is_blob_key(layout.blob_key(SHA))
+    for key in (f"blobs/dd/{SHA}", f"blobs/cc/{SHA}.tmp", "blobs/cc/x", f"blobs/{SHA}"):
+        assert not layout.is_blob_key(key)

@@ -68,3 +68,15 @@ def test_l2_copy_on_write_draft(tmp_path: Path) -> None:
         f.write(b"+more")
     assert l2.blob_path(info.sha256).read_bytes() == b"v1"
     assert l2.seal(draft).size == 7
+
+
+def test_l2_commit_of_same_bytes_replaces_a_rotten_blob(tmp_path: Path) -> None:
+    l2 = DiskCache(tmp_path / "cache")
+    w = l2.new_work_file()
+    l2.work_path(w).write_bytes(b"precious")
+    info = l2.seal(w)
+    l2.blob_path(info.sha256).write_bytes(b"prEcious")  # bit rot behind our back
+    again = l2.new_work_file()
+    l2.work_path(again).write_bytes(b"precious")
+    assert l2.seal(again).sha256 == info.sha256
+    assert l2.blob_path(info.sha256).read_bytes() == b"precious"

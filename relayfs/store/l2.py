@@ -148,15 +148,34 @@ class DiskCache:
         return self.seal(copy.name)
 
     def adopt(self, path: Path, sha: str) -> None:
-        """Move an fsync'ed file whose SHA-256 is known into ``blobs/`` atomically."""
+        """Move an fsync'ed file whose SHA-256 is known into ``blobs/`` atomically.
+
+        A blob already there is replaced, not kept: the new file was hashed just now, the
+        old one may have rotted on disk since (readers holding it open keep their bytes).
+        """
         target = self.blob_path(sha)
-        if target.exists():
-            path.unlink()
-            return
         target.parent.mkdir(mode=0o700, exist_ok=True)
         os.rename(path, target)
         fsync_dir(target.parent)
         fsync_dir(path.parent)
+
+    def unseal(self, sha: str, name: str | None, in_use: bool) -> None:
+        """Undo ``seal``/``snapshot`` after the commit failed.
+
+        ``name``: the work file ``seal`` consumed, given its bytes back (the blob is moved
+        back when nothing else uses it, else copied). The blob itself leaves ``blobs/``
+        unless ``in_use`` (a version, or another commit in flight, has the same bytes).
+        """
+        blob = self.blob_path(sha)
+        if name is not None and not self.work_path(name).exists():
+            if in_use:
+                shutil.copyfile(blob, self.work_path(name))
+            else:
+                os.rename(blob, self.work_path(name))
+                fsync_dir(self.work)
+                return
+        if not in_use:
+            blob.unlink(missing_ok=True)
 
     def remove_work(self, name: str) -> None:
         self.work_path(name).unlink(missing_ok=True)
@@ -193,6 +212,10 @@ class DiskCache:
 
     def blob_names(self) -> set[str]:
         return {f.name for sub in self.blobs.iterdir() for f in sub.iterdir()}
+
+    def work_names(self) -> set[str]:
+        """Every work file, named or not (after a crash: drafts nobody will close)."""
+        return {f.name for f in self.work.iterdir()}
 
     def clear_thaw(self) -> None:
         """Partial thaws do not survive a restart: they are fetched again when needed."""

@@ -39,6 +39,7 @@ DEFAULT_PART_SIZE = 8 * MiB
 STORJ_PART_SIZE = 64 * MiB  # Storj's recommended multipart part size
 STORJ_ENDPOINT = "https://gateway.storjshare.io"
 DEFAULT_THREADS = 4
+DEFAULT_READ_TIMEOUT = 60.0  # seconds without a byte of an S3 answer before boto3 gives up
 S3_MIN_PART_SIZE = 5 * MiB  # S3 rejects smaller non-final parts at CompleteMultipartUpload
 S3_MAX_PARTS = 10_000
 KEY_MAX_BYTES = 1024  # S3's limit on key length, applied to both backends for parity
@@ -90,6 +91,10 @@ class ObjectStore(Protocol):
     def list(self, prefix: str, start_after: str = "") -> Iterator[str]: ...
 
     def delete(self, key: str) -> None: ...
+
+    def multipart_uploads(self, prefix: str) -> list[tuple[str, str]]: ...
+
+    def abort_multipart(self, key: str, upload_id: str) -> None: ...
 
 
 # --------------------------------------------------------------------------- key checks
@@ -267,13 +272,19 @@ class S3Store:
         region: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         threads: int = DEFAULT_THREADS,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
     ) -> None:
+        """``access_key_id``/``secret_access_key`` go to boto3 as given; None: boto3's chain."""
         if not bucket or "/" in bucket:
             raise ValueError(f"invalid bucket name {bucket!r}")
         if part_size < S3_MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {S3_MIN_PART_SIZE} bytes (S3 minimum)")
         if threads < 1:
             raise ValueError("threads must be at least 1")
+        if read_timeout <= 0:
+            raise ValueError("s3_read_timeout must be a positive number of seconds")
         self.bucket = bucket
         self.prefix = _normalise_store_prefix(prefix)
         self.part_size = part_size
@@ -285,7 +296,9 @@ class S3Store:
             response_checksum_validation="when_required",
             max_pool_connections=max(10, threads * 4),
             connect_timeout=5,
-            read_timeout=60,
+            # A server that stalls mid-answer holds a worker thread this long per try (boto3
+            # retries, then the job backs off); the s3_read_timeout setting changes it.
+            read_timeout=read_timeout,
             retries={"max_attempts": 3, "mode": "standard"},
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
@@ -293,7 +306,8 @@ class S3Store:
         try:
             session = boto3.session.Session()
             self._client: Any = session.client(
-                "s3", endpoint_url=endpoint_url, region_name=region, config=config
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config,
+                aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
             )
         except botocore.exceptions.ProfileNotFound as exc:
             raise StoreAuthError(f"AWS configuration: {_one_line(exc)}") from exc
@@ -577,6 +591,40 @@ class S3Store:
         full = self._full(key)
         with self._errors("delete", key):
             self._client.delete_object(Bucket=self.bucket, Key=full)
+
+    def multipart_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, upload id) of every multipart upload in progress under ``prefix``.
+
+        A daemon killed mid-upload leaves its upload open (its parts keep costing storage);
+        the next attempt finds it here and aborts it.
+        """
+        validate_prefix(prefix)
+        strip = len(self.prefix)
+        out: list[tuple[str, str]] = []
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        with self._errors("list multipart uploads of", prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Uploads", ()):
+                    full = str(item["Key"])
+                    if full.startswith(self.prefix + prefix):
+                        out.append((full[strip:], str(item["UploadId"])))
+        return out
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort one multipart upload; one already gone counts as aborted."""
+        full = self._full(key)
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _client_error_code(exc)
+            if code == "NoSuchUpload" or status == 404:
+                return
+            self._raise(exc, "abort multipart upload of", key)
+        except botocore.exceptions.BotoCoreError as exc:
+            self._raise(exc, "abort multipart upload of", key)
+        with self._pending_lock:
+            self._pending_aborts.discard((full, upload_id))
+        log.debug("aborted multipart upload %s of %s", upload_id, full)
 
 
 # --------------------------------------------------------------------------- directory
@@ -871,6 +919,15 @@ class DirStore:
                 break  # not empty (or already gone): stop pruning
             parent = os.path.dirname(parent)
 
+    def multipart_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """None ever: a put lands in one temp file, and ``check`` tidies temp files a crash left."""
+        validate_prefix(prefix)
+        return []
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Nothing to abort: a directory store has no multipart uploads."""
+        self._path(key)
+
 
 # --------------------------------------------------------------------------- factory
 
@@ -885,6 +942,9 @@ def make_store(
     region: str | None = None,
     part_size: int | None = None,
     threads: int | None = None,
+    read_timeout: float | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
 ) -> ObjectStore:
     """Build the store a configuration URL names; part_size/threads None mean the defaults."""
     parts = urllib.parse.urlsplit(url)
@@ -907,6 +967,9 @@ def make_store(
             region=region,
             part_size=part_size if part_size is not None else default_part,
             threads=threads if threads is not None else DEFAULT_THREADS,
+            read_timeout=read_timeout if read_timeout is not None else DEFAULT_READ_TIMEOUT,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
         )
     if scheme == "file":
         path = urllib.parse.unquote(parts.path)

@@ -31,6 +31,10 @@ _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _VERSION_RE = re.compile(r"^v([0-9]+)$")
 _RECORD_RE = re.compile(r"^records/([0-9a-f]{32})/v([0-9]{10})\.(json|deleted)$")
 _NS_RE = re.compile(r"^ns/[0-9]{13}-[0-9a-f]{8}-[0-9]{8}\.json$")
+_BLOB_RE = re.compile(r"^blobs/([0-9a-f]{2})/([0-9a-f]{64})$")
+MTIME_NS_MAX = 2**63 - 1  # what SQLite's INTEGER (and st_mtime) can hold
+CHUNK_SIZE_MIN = 4096
+CHUNK_SIZE_MAX = 64 * 1024 * 1024  # a hostile record cannot make a reader allocate more per chunk
 
 NS_OPS = frozenset({"mkdir", "rmdir", "mkfile", "unlink", "rename"})
 
@@ -66,6 +70,37 @@ def parse_record_key(key: str) -> tuple[str, int, bool]:
 
 def is_ns_key(key: str) -> bool:
     return bool(_NS_RE.match(key))
+
+
+def is_blob_key(key: str) -> bool:
+    """``blobs/<sha[:2]>/<sha>`` exactly, with the folder matching the name."""
+    m = _BLOB_RE.match(key)
+    return m is not None and m.group(2).startswith(m.group(1))
+
+
+def _field(d: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """One JSON field of exactly the expected type: bucket content is never coerced, so a
+    number or a list cannot turn into a name, nor a string into a version number."""
+    if name not in d:
+        if default is None:
+            raise BadRecord(f"missing field {name!r}")
+        return default
+    value = d[name]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise BadRecord(f"field {name!r} is not an integer")
+    if kind is str and not isinstance(value, str):
+        raise BadRecord(f"field {name!r} is not a string")
+    return value
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        d = json.loads(data)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise BadRecord(f"unreadable {what}: {e}") from None
+    if not isinstance(d, dict):
+        raise BadRecord(f"unreadable {what}: not a JSON object")
+    return d
 
 
 def version_number(name: str) -> int | None:
@@ -128,26 +163,29 @@ class VersionRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> "VersionRecord":
-        try:
-            d = json.loads(data)
-            rec = cls(
-                file_id=str(d["file_id"]),
-                num=int(d["num"]),
-                sha256=str(d["sha256"]),
-                size=int(d["size"]),
-                mtime_ns=int(d["mtime_ns"]),
-                chunk_size=int(d["chunk_size"]),
-                chunks=tuple(str(c) for c in d["chunks"]),
-                origin=str(d.get("origin", "")),
-            )
-        except (ValueError, KeyError, TypeError) as e:
-            raise BadRecord(f"unreadable version record: {e}") from None
-        n_chunks = max(1, -(-rec.size // rec.chunk_size)) if rec.chunk_size > 0 else -1
+        d = _json_object(data, "version record")
+        chunks = d.get("chunks")
+        if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
+            raise BadRecord("field 'chunks' is not a list of strings")
+        rec = cls(
+            file_id=_field(d, "file_id", str),
+            num=_field(d, "num", int),
+            sha256=_field(d, "sha256", str),
+            size=_field(d, "size", int),
+            mtime_ns=_field(d, "mtime_ns", int),
+            chunk_size=_field(d, "chunk_size", int),
+            chunks=tuple(chunks),
+            origin=_field(d, "origin", str, ""),
+        )
+        if not CHUNK_SIZE_MIN <= rec.chunk_size <= CHUNK_SIZE_MAX:
+            raise BadRecord(f"inconsistent version record: chunk size {rec.chunk_size}")
+        n_chunks = max(1, -(-rec.size // rec.chunk_size))
         if (
             not _ID_RE.match(rec.file_id)
             or not _SHA_RE.match(rec.sha256)
-            or rec.num < 1
+            or not 1 <= rec.num < 10**10
             or rec.size < 0
+            or not 0 <= rec.mtime_ns <= MTIME_NS_MAX
             or n_chunks != len(rec.chunks)
             or not all(_SHA_RE.match(c) for c in rec.chunks)
         ):
@@ -176,19 +214,18 @@ class NsEvent:
 
     @classmethod
     def from_json(cls, data: bytes) -> "NsEvent":
-        try:
-            d = json.loads(data)
-            ev = cls(
-                op=str(d["op"]),
-                path=str(d["path"]),
-                to=str(d.get("to", "")),
-                file_id=str(d.get("file_id", "")),
-                mtime_ns=int(d.get("mtime_ns", 0)),
-            )
-        except (ValueError, KeyError, TypeError) as e:
-            raise BadRecord(f"unreadable namespace event: {e}") from None
+        d = _json_object(data, "namespace event")
+        ev = cls(
+            op=_field(d, "op", str),
+            path=_field(d, "path", str),
+            to=_field(d, "to", str, ""),
+            file_id=_field(d, "file_id", str, ""),
+            mtime_ns=_field(d, "mtime_ns", int, 0),
+        )
         if ev.op not in NS_OPS:
             raise BadRecord(f"unknown namespace op {ev.op!r}")
+        if not 0 <= ev.mtime_ns <= MTIME_NS_MAX:
+            raise BadRecord(f"mtime_ns {ev.mtime_ns} is out of range")
         check_path(ev.path)
         if ev.op == "rename":
             check_path(ev.to)

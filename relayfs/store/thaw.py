@@ -6,6 +6,13 @@ is written, and a reader waits only for the chunks it asks for (they jump the qu
 the first byte never waits for the whole file. When every chunk is in, the whole file's
 SHA-256 is checked and the file is renamed into ``blobs/``.
 
+Faults: a GET that fails or comes back short (a connection cut mid-answer) is retried
+(``ATTEMPTS`` times); a chunk is written only after its hash matched, and written whole
+(a nearly full disk may take part of a write), so a cut-short answer can cost a retry or
+an EIO, never wrong bytes. When the cache disk is full, the thaw asks the tiers to evict
+durable blobs (``make_room``) and writes once more; if there is still no room, readers get
+``NoSpace``.
+
 Concurrency: a Thaw's sets and events are touched only on the trio loop; the threads do
 the GETs, the writes and the hashing and hand back plain bytes. Each chunk has one
 ``trio.Event``, set when the chunk is in or the thaw has failed (readers then see the
@@ -14,6 +21,7 @@ error, never wrong bytes).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -21,10 +29,10 @@ from typing import Awaitable, Callable
 
 import trio
 
-from ..errors import IntegrityError, Unavailable
+from ..errors import IntegrityError, NoSpace, Unavailable
 from . import layout
 from .l2 import DiskCache, hash_fd
-from .l3 import ObjectMissing, ObjectStore, StoreError
+from .l3 import ObjectMissing, ObjectStore, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +120,8 @@ class Thawer:
         self.limiter = trio.CapacityLimiter(parallel)
         self.on_done = on_done
         self.active: dict[str, Thaw] = {}
+        # set by Tiers: evict durable blobs until N bytes are free on the cache disk
+        self.make_room: Callable[[int], Awaitable[int]] | None = None
 
     def start(self, sha: str, size: int, chunk_size: int, chunks: tuple[str, ...]) -> Thaw:
         thaw = self.active.get(sha)
@@ -132,9 +142,12 @@ class Thawer:
                     n.start_soon(self._fetcher, thaw)
             if thaw.error is None:
                 await trio.to_thread.run_sync(self._finish, thaw)
-                await self.on_done(thaw.sha)
+                try:
+                    await self.on_done(thaw.sha)
+                except NoSpace as e:  # bookkeeping only: the blob is whole in L2 already
+                    log.warning("after the thaw of blob %s: %s", thaw.sha[:12], e)
         except Exception as e:  # the error reaches every waiting reader as EIO
-            if not isinstance(e, (IntegrityError, Unavailable)):
+            if not isinstance(e, (IntegrityError, Unavailable, NoSpace)):
                 log.exception("thaw of blob %s failed", thaw.sha[:12])
                 e = Unavailable(f"thaw of blob {thaw.sha[:12]} failed: {e}")  # readers see EIO
             thaw.fail(e)
@@ -156,12 +169,32 @@ class Thawer:
             if thaw.error is not None:
                 return
             try:
-                await trio.to_thread.run_sync(self._store_chunks, thaw, run, data, limiter=self.limiter)
-            except IntegrityError as e:
+                await self._store(thaw, run, data)
+            except (IntegrityError, NoSpace) as e:
                 thaw.fail(e)  # on the loop: trio events cannot be set from a worker thread
                 return
             for i in run:
                 thaw.arrived[i].set()
+
+    async def _store(self, thaw: Thaw, run: list[int], data: bytes) -> None:
+        """Write checked chunks; on a full disk make room once and write again."""
+        try:
+            await trio.to_thread.run_sync(self._store_chunks, thaw, run, data, limiter=self.limiter)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+        # room for every chunk still to come: the other fetchers of this thaw are writing too
+        missing = sum(1 for ev in thaw.arrived if not ev.is_set()) * thaw.chunk_size
+        freed = await self.make_room(min(thaw.size, missing)) if self.make_room is not None else 0
+        log.info("thaw of blob %s: cache disk full, freed %d bytes; writing again", thaw.sha[:12], freed)
+        try:
+            await trio.to_thread.run_sync(self._store_chunks, thaw, run, data, limiter=self.limiter)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("thaw of blob %s: the cache disk is full", thaw.sha[:12])
+            raise NoSpace(f"no room in the cache to thaw blob {thaw.sha[:12]}") from None
 
     async def _get(self, thaw: Thaw, start: int, length: int) -> bytes:
         key = layout.blob_key(thaw.sha)
@@ -169,7 +202,12 @@ class Thawer:
             try:
                 if length == 0:
                     return b""
-                return await trio.to_thread.run_sync(self.store.get_range, key, start, length, limiter=self.limiter)
+                data = await trio.to_thread.run_sync(self.store.get_range, key, start, length, limiter=self.limiter)
+                if len(data) != length and attempt < ATTEMPTS:
+                    # an answer cut short is retried; the same short answer every time is
+                    # what the object holds, and the chunk hashes then refuse it
+                    raise StoreUnavailable(f"got {len(data)} of {length} bytes of {key} at {start}")
+                return data
             except ObjectMissing:
                 thaw.fail(IntegrityError(f"blob {thaw.sha[:12]} is missing from L3"))
                 log.error("thaw: blob %s is missing from L3", thaw.sha)
@@ -191,7 +229,12 @@ class Thawer:
                 err = IntegrityError(f"blob {thaw.sha[:12]} chunk {index} from L3 does not match its recorded hash")
                 log.error("integrity: %s", err)
                 raise err
-            os.pwrite(thaw.fd, piece, index * thaw.chunk_size)
+            # a nearly full disk takes part of a write without an error: write the rest (the
+            # next try raises ENOSPC), or a reader would see the sparse file's zeros
+            view, off = memoryview(piece), index * thaw.chunk_size
+            while view:
+                done = os.pwrite(thaw.fd, view, off)
+                view, off = view[done:], off + done
 
     def _finish(self, thaw: Thaw) -> None:
         os.fsync(thaw.fd)

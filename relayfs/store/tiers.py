@@ -5,23 +5,39 @@ range chunk by chunk: from L1 if there, else from L2 (checked against the chunk 
 the way into L1), else from the blob's thaw once that chunk has arrived. A reader pins the
 file it started on (an open fd), so a blob deleted or evicted meanwhile still reads.
 Runs on the trio loop; disk reads go to threads under ``disk`` (a bounded limiter).
+
+L2's space has two limits. The byte budget (``make_room``, run after thaws and by
+housekeeping) evicts least recently used blobs that are durable in L3. The filesystem
+under the cache dir may fill up before the budget does: then ``with_room`` (every L2 write
+that allocates space goes through it) asks ``free_space`` to evict durable blobs, whatever
+the budget, until ``statvfs`` shows the bytes needed, and tries the write once more; only
+if that fails too does the caller get ``NoSpace`` (ENOSPC). Neither path ever removes a
+blob that is not durable in L3, one being thawed, or one open for reading (unlinking it
+would free nothing until it is closed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-from typing import Awaitable, Callable
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Awaitable, Callable, TypeVar
 
 import trio
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, NoSpace
 from .l1 import ChunkCache
 from .l2 import DiskCache
 from .thaw import Thaw, Thawer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ROOM_MARGIN = 1024 * 1024  # free_space leaves this much on top of what was asked for
+Evictable = Callable[[], list[tuple[str, int]]]
 
 
 class BlobReader:
@@ -40,11 +56,10 @@ class BlobReader:
         """Pin the L2 file, or join (or start) its thaw."""
         try:
             self.fd = os.open(self.tiers.l2.blob_path(self.sha), os.O_RDONLY)
-            return
         except FileNotFoundError:
-            pass
-        self.thaw = self.tiers.thawer.start(self.sha, self.size, self.chunk_size, self.hashes)
-        self.thaw.readers += 1
+            self.thaw = self.tiers.thawer.start(self.sha, self.size, self.chunk_size, self.hashes)
+            self.thaw.readers += 1
+        self.tiers.pinned[self.sha] += 1  # evicting it would free nothing until we close
 
     async def _chunk(self, index: int) -> bytes:
         key = (self.sha, index)
@@ -91,20 +106,45 @@ class BlobReader:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+            self.tiers.unpin(self.sha)
         if self.thaw is not None:
             self.thaw.release()
             self.thaw = None
+            self.tiers.unpin(self.sha)
 
 
 class Tiers:
     """L1, L2 and the thawer, with L2's byte budget."""
 
-    def __init__(self, l1: ChunkCache, l2: DiskCache, thawer: Thawer, *, l2_budget: int, disk_threads: int = 4) -> None:
+    def __init__(
+        self, l1: ChunkCache, l2: DiskCache, thawer: Thawer, *, l2_budget: int, disk_threads: int = 4,
+        evictable: Evictable | None = None,
+    ) -> None:
+        """``evictable`` lists the blobs durable in L3, least recently used first (the
+        catalog's ``evictable_blobs``); without it a full disk can only be reported."""
         self.l1 = l1
         self.l2 = l2
         self.thawer = thawer
         self.l2_budget = l2_budget
         self.disk = trio.CapacityLimiter(disk_threads)
+        self.evictable = evictable
+        self.pinned: Counter[str] = Counter()  # blob -> readers and copies using it: not evicted
+        self._freeing = trio.Lock()  # one eviction pass at a time: no over-eviction
+        thawer.make_room = self.free_space
+
+    def unpin(self, sha: str) -> None:
+        self.pinned[sha] -= 1
+        if self.pinned[sha] <= 0:
+            del self.pinned[sha]
+
+    @contextlib.contextmanager
+    def pin(self, sha: str) -> Iterator[None]:
+        """Keep a blob from eviction while it is being copied (the start of a draft)."""
+        self.pinned[sha] += 1
+        try:
+            yield
+        finally:
+            self.unpin(sha)
 
     def open(self, sha: str, size: int, chunk_size: int, chunks: tuple[str, ...]) -> BlobReader:
         reader = BlobReader(self, sha, size, chunk_size, chunks)
@@ -130,7 +170,7 @@ class Tiers:
         for sha, _size in evictable():
             if used - freed <= self.l2_budget:
                 break
-            if sha in self.thawer.active:
+            if sha in self.thawer.active or self.pinned.get(sha):
                 continue
             got = await trio.to_thread.run_sync(self.l2.remove_blob, sha, limiter=self.disk)
             if got:
@@ -138,6 +178,54 @@ class Tiers:
                 await on_evict(sha)
                 log.info("evicted blob %s from L2 (%d bytes)", sha[:12], got)
         return freed
+
+    def _has_room(self, need: int) -> bool:
+        st = os.statvfs(self.l2.root)
+        return st.f_bavail * st.f_frsize >= need + ROOM_MARGIN
+
+    async def free_space(self, need: int) -> int:
+        """Evict durable blobs, least recently used first and regardless of the budget,
+        until the cache filesystem has ``need`` bytes (plus a margin) free; returns the
+        bytes freed. Skips blobs being thawed or open for reading (see the module doc)."""
+        freed = 0
+        async with self._freeing:
+            if self.evictable is None:
+                return 0
+            for sha, _size in self.evictable():
+                if await trio.to_thread.run_sync(self._has_room, need, limiter=self.disk):
+                    break
+                if sha in self.thawer.active or self.pinned.get(sha):
+                    continue
+                got = await trio.to_thread.run_sync(self.l2.remove_blob, sha, limiter=self.disk)
+                if got:
+                    freed += got
+                    self.l1.drop_blob(sha)
+                    log.info("evicted blob %s from L2 to make room on a full disk (%d bytes)", sha[:12], got)
+        return freed
+
+    async def with_room(self, need: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking L2 work that allocates about ``need`` bytes, in a worker thread.
+
+        On a full disk (``ENOSPC``/``EDQUOT`` or ``NoSpace`` from L2) make room by evicting
+        durable blobs, then try exactly once more; a second failure is ``NoSpace``. ``fn``
+        must leave nothing behind when it fails (L2's methods do; ``pwrite`` at an offset
+        and ``ftruncate`` can simply be repeated).
+        """
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
+        except OSError as e:
+            if not is_nospace(e):
+                raise
+        except NoSpace:
+            pass
+        freed = await self.free_space(need)
+        log.debug("full disk: freed %d bytes for %d more; trying once more", freed, need)
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
+        except OSError as e:
+            if is_nospace(e):
+                raise NoSpace(f"the cache disk under {self.l2.root} is full") from None
+            raise
 
 
 def is_nospace(e: OSError) -> bool:
