@@ -70,6 +70,7 @@ CONTROL_XATTR = b"user.relayfs.control"
 VERSION_TIMEOUT = 60.0  # versions never change; deletes come through the kernel itself
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
 
 
 def fuse_errors(fn: F) -> F:
@@ -578,18 +579,24 @@ class Operations(pyfuse3.Operations):
         if not isinstance(h, FileHandle):
             raise errors.ReadOnly("not open for writing")
         async with h.lock:
-            if h.failed is not None:
-                raise h.failure()
-            try:
-                if h.fd is None:
-                    await self._reopen(h)
-                assert h.fd is not None
-                n = await self.tiers.with_room(len(buf), os.pwrite, h.fd, buf, off)
-            except (errors.RelayError, OSError) as e:
-                h.failed = e  # bytes are missing from the draft: it must never commit
-                raise
+            n = await self._change_draft(h, len(buf), os.pwrite, buf, off)
             h.written = True
             return n
+
+    async def _change_draft(self, h: FileHandle, need: int, fn: Callable[..., T], *args: Any) -> T:
+        """Apply ``fn(fd, *args)`` (a write or truncate) to a handle's draft, making room on a
+        full disk. A failure poisons the handle: the draft misses bytes, so it must never
+        commit. The caller holds ``h.lock``."""
+        if h.failed is not None:
+            raise h.failure()
+        try:
+            if h.fd is None:
+                await self._reopen(h)
+            assert h.fd is not None
+            return await self.tiers.with_room(need, fn, h.fd, *args)
+        except (errors.RelayError, OSError) as e:
+            h.failed = e
+            raise
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
@@ -763,16 +770,7 @@ class Operations(pyfuse3.Operations):
             h = self.handles.get(fh) if fh is not None else None
             if isinstance(h, FileHandle):
                 async with h.lock:
-                    if h.failed is not None:
-                        raise h.failure()
-                    try:
-                        if h.fd is None:
-                            await self._reopen(h)
-                        assert h.fd is not None
-                        await self.tiers.with_room(0, os.ftruncate, h.fd, attr.st_size)
-                    except (errors.RelayError, OSError) as e:
-                        h.failed = e
-                        raise
+                    await self._change_draft(h, 0, os.ftruncate, attr.st_size)
                     h.written = True
                 st = os.fstat(h.fd)  # type: ignore[arg-type]
                 return self._attr(inode, 0o100644, st.st_size, st.st_mtime_ns, 0.0)

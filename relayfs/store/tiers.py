@@ -170,14 +170,21 @@ class Tiers:
         for sha, _size in evictable():
             if used - freed <= self.l2_budget:
                 break
-            if sha in self.thawer.active or self.pinned.get(sha):
-                continue
-            got = await trio.to_thread.run_sync(self.l2.remove_blob, sha, limiter=self.disk)
+            got = await self._evict(sha, "over budget")
             if got:
                 freed += got
                 await on_evict(sha)
-                log.info("evicted blob %s from L2 (%d bytes)", sha[:12], got)
         return freed
+
+    async def _evict(self, sha: str, why: str) -> int:
+        """Drop one durable blob from L2 unless it is being thawed or read; bytes freed."""
+        if sha in self.thawer.active or self.pinned.get(sha):
+            return 0
+        got = await trio.to_thread.run_sync(self.l2.remove_blob, sha, limiter=self.disk)
+        if got:
+            self.l1.drop_blob(sha)
+            log.info("evicted blob %s from L2, %s (%d bytes)", sha[:12], why, got)
+        return got
 
     def _has_room(self, need: int) -> bool:
         st = os.statvfs(self.l2.root)
@@ -194,13 +201,7 @@ class Tiers:
             for sha, _size in self.evictable():
                 if await trio.to_thread.run_sync(self._has_room, need, limiter=self.disk):
                     break
-                if sha in self.thawer.active or self.pinned.get(sha):
-                    continue
-                got = await trio.to_thread.run_sync(self.l2.remove_blob, sha, limiter=self.disk)
-                if got:
-                    freed += got
-                    self.l1.drop_blob(sha)
-                    log.info("evicted blob %s from L2 to make room on a full disk (%d bytes)", sha[:12], got)
+                freed += await self._evict(sha, "to make room on a full disk")
         return freed
 
     async def with_room(self, need: int, fn: Callable[..., T], *args: Any) -> T:
