@@ -79,8 +79,11 @@ def main() -> None:
 @click.option("--allow-other", is_flag=True, default=None, help="let other users see the mount")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file")
+@click.option(
+    "--config-if-exists", type=click.Path(dir_okay=False), help="TOML config file, read only if it exists (for service units)"
+)
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground and log to stderr")
-def mount(mountpoint: str, config_file: str | None, foreground: bool, **flags: Any) -> None:
+def mount(mountpoint: str, config_file: str | None, config_if_exists: str | None, foreground: bool, **flags: Any) -> None:
     """Mount RelayFS at MOUNTPOINT.
 
     Returns once the mount is ready (or fails with the reason). Settings come from
@@ -92,6 +95,8 @@ def mount(mountpoint: str, config_file: str | None, foreground: bool, **flags: A
       relayfs mount ~/relay --l3 storj://my-bucket           # Storj's S3 gateway
       relayfs mount ~/relay --l3 s3://b --s3-endpoint http://127.0.0.1:9000
     """
+    if config_file is None and config_if_exists and os.path.exists(config_if_exists):
+        config_file = config_if_exists
     cfg = _config(config_file, **flags)
     from . import daemon
 
@@ -284,6 +289,81 @@ def fsck(path: str) -> None:
         click.echo(f"{f['kind']:<9} blob {f['sha256'][:12]}: {f['reason']} ({shown})")
     if problems:
         sys.exit(1)
+
+
+_UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
+
+
+def _relayfs_command() -> str:
+    """The absolute command line that runs this relayfs, quoted for a unit file."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    candidates = [argv0 if argv0 is not None and argv0.name == "relayfs" else None]
+    candidates += [Path(sys.executable).parent / "relayfs"]
+    found = shutil.which("relayfs")
+    candidates += [Path(found) if found else None]
+    for c in candidates:
+        if c is not None and c.is_file() and os.access(c, os.X_OK):
+            return _unit_quote(os.path.abspath(c))
+    return f"{_unit_quote(sys.executable)} -m relayfs"
+
+
+def _unit_quote(word: str) -> str:
+    """One word of a unit-file command line: specifiers and variables escaped, quoted if needed."""
+    word = word.replace("%", "%%").replace("$", "$$")
+    if any(c.isspace() or c in "\\\"';" for c in word):
+        word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return word
+
+
+@main.command("install-service")
+@click.option("--system", "system", is_flag=True, help="install the system template relayfs@.service (as root)")
+@click.option("--mountpoint", type=click.Path(file_okay=False), help="mount point [user: ~/RelayFS]")
+@click.option("--dest", type=click.Path(file_okay=False), help="directory to write the unit into")
+@click.option("--dry-run", is_flag=True, help="print the unit instead of writing it")
+def install_service(system: bool, mountpoint: str | None, dest: str | None, dry_run: bool) -> None:
+    """Install a systemd unit that mounts RelayFS at boot (--system) or login.
+
+    Writes relayfs.service (user unit, into ~/.config/systemd/user) or, with --system,
+    the template relayfs@.service (into /etc/systemd/system; the instance is the escaped
+    mount path, and settings come from /etc/relayfs/<instance>.toml if it exists), with
+    the path of this relayfs filled in. It does not run systemctl: it prints the command.
+
+    \b
+    Examples:
+      relayfs install-service                          # ~/RelayFS at login
+      relayfs install-service --mountpoint ~/relay
+      sudo relayfs install-service --system --mountpoint /mnt/data
+    """
+    name = "relayfs@.service" if system else "relayfs.service"
+    template = _UNIT_DIR / name
+    try:
+        text = template.read_text()
+    except OSError as e:
+        _fail(f"cannot read the unit template {template}: {e.strerror}")
+    text = text.replace("@RELAYFS@", _relayfs_command())
+    if not system:
+        where = _unit_quote(os.path.abspath(os.path.expanduser(mountpoint))) if mountpoint else "%h/RelayFS"
+        text = text.replace("@MOUNTPOINT@", where)
+    if dry_run:
+        click.echo(text, nl=False)
+    else:
+        if dest is None:
+            config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+            dest = "/etc/systemd/system" if system else str(config / "systemd" / "user")
+        target = Path(dest) / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        except OSError as e:
+            _fail(f"cannot write {target}: {e.strerror}")
+        click.echo(f"wrote {target}")
+    if system:
+        path = os.path.abspath(mountpoint) if mountpoint else "/mnt/data"
+        escaped = subprocess.run(["systemd-escape", "--path", path], capture_output=True, text=True)
+        instance = escaped.stdout.strip() if escaped.returncode == 0 else "$(systemd-escape --path " + path + ")"
+        click.echo(f"next: systemctl daemon-reload && systemctl enable --now relayfs@{instance}.service")
+    else:
+        click.echo("next: systemctl --user daemon-reload && systemctl --user enable --now relayfs.service")
 
 
 if __name__ == "__main__":
