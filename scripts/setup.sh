@@ -12,7 +12,7 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 pkgs=(fuse3 libfuse3-dev pkg-config gcc libc6-dev python3-dev python3-venv)
-[ $want_test -eq 1 ] && pkgs+=(rsync attr vim)
+[ $want_test -eq 1 ] && pkgs+=(rsync attr vim systemd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
