@@ -200,10 +200,7 @@ class Daemon:
         await self._make_room()
 
     async def _make_room(self) -> None:
-        async def evicted(sha: str) -> None:
-            self.l1.drop_blob(sha)
-
-        await self.tiers.make_room(self.catalog.evictable_blobs, evicted)
+        await self.tiers.make_room()
 
     async def _announce_ready(self) -> None:
         await trio.to_thread.run_sync(os.stat, self.mountpoint)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import trio
 
@@ -79,8 +80,6 @@ class BlobReader:
         return data
 
     def _read_checked(self, fd: int, index: int, expect: str) -> bytes:
-        import hashlib
-
         data = os.pread(fd, self.chunk_size, index * self.chunk_size)
         if hashlib.sha256(data).hexdigest() != expect:
             log.error("integrity: blob %s chunk %d in L2 does not match its recorded hash", self.sha, index)
@@ -161,19 +160,16 @@ class Tiers:
             out.append("L2")
         return out
 
-    async def make_room(self, evictable: Callable[[], list[tuple[str, int]]], on_evict: Callable[[str], Awaitable[None]]) -> int:
+    async def make_room(self) -> int:
         """Evict blobs durable in L3, least recently used first, until L2 is within budget."""
         used = await trio.to_thread.run_sync(self.l2.usage, limiter=self.disk)
         freed = 0
         if used <= self.l2_budget:
             return 0
-        for sha, _size in evictable():
+        for sha, _size in (self.evictable() if self.evictable is not None else []):
             if used - freed <= self.l2_budget:
                 break
-            got = await self._evict(sha, "over budget")
-            if got:
-                freed += got
-                await on_evict(sha)
+            freed += await self._evict(sha, "over budget")
         return freed
 
     async def _evict(self, sha: str, why: str) -> int:
