@@ -6,6 +6,9 @@ variable with a ``RELAYFS_`` prefix, and the CLI flag with dashes (``cache_dir``
 (environment, ``~/.aws``) unless ``s3_access_key_id``/``s3_secret_access_key`` are set (TOML or
 environment only: a flag would show them in ``ps``). Those two are masked wherever settings
 are shown, and a config file holding them must not be readable by group or others.
+
+A TOML table flattens into its keys: ``[l3] provider = "storj"`` is ``l3_provider``, and
+``[l3] url = "s3://..."`` is ``l3`` itself (TOML allows no ``l3 = ...`` beside an ``[l3]`` table).
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import os
 import re
 import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from .store.providers import PROVIDERS, S3
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -62,28 +68,60 @@ class Config:
     """Effective settings of one mount (or one SDK store)."""
 
     l3: str = field(default_factory=default_store_url)
+    l3_provider: str = ""  # "s3" or "storj"; "": what the l3 URL's scheme says
     cache_dir: Path | None = None  # None: derived from l3 under ~/.cache/relayfs/
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_read_timeout: float = 60.0  # seconds an S3 answer may stall before the request is retried
     s3_access_key_id: str | None = field(default=None, repr=False)  # None: boto3's chain
     s3_secret_access_key: str | None = field(default=None, repr=False)
-    part_size: int = 8 * MiB
-    transfer_threads: int = 4
-    upload_concurrency: int = 4
+    # 0: the provider's default (relayfs/store/providers.py): 8 MiB, 4, 4; Storj 64 MiB, 2, 2
+    part_size: int = 0
+    transfer_threads: int = 0
+    upload_concurrency: int = 0
     l1_bytes: int = 256 * MiB
     l2_bytes: int = 20 * GiB
     jobs_keep_seconds: float = 3600.0
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
+    poll_seconds: float = 10.0  # how often L3 is asked for versions other clients wrote; 0: never
     allow_other: bool = False
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        self._apply_provider()
         if self.cache_dir is None:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.l3).strip("_")[-100:]
             self.cache_dir = _default_cache_root() / slug
-        self.cache_dir = Path(self.cache_dir).expanduser()
+        self.cache_dir = Path(os.path.abspath(Path(self.cache_dir).expanduser()))  # the daemon and CLI may differ in cwd
+
+    def _apply_provider(self) -> None:
+        """Settle ``l3_provider`` and fill what was left unset from its preset.
+
+        ``storj://B/P`` and ``s3://B/P`` with provider storj both mean Storj's gateway; an
+        explicit ``s3_endpoint`` (a self-hosted gateway, a test proxy) still wins, as do
+        explicit part size and concurrency settings.
+        """
+        name = self.l3_provider.strip().lower()
+        if name and name not in PROVIDERS:
+            raise ConfigError(
+                f"l3_provider: unknown provider {self.l3_provider!r} (expected one of: {', '.join(PROVIDERS)})"
+            )
+        scheme = urllib.parse.urlsplit(self.l3).scheme.lower()
+        if scheme == "storj":
+            if name not in ("", "storj"):
+                raise ConfigError(f"l3_provider: {name!r} contradicts l3 {self.l3!r} (a storj:// URL is Storj)")
+            name = "storj"
+        elif name and scheme != "s3":
+            raise ConfigError(f"l3_provider {name!r} needs l3 = \"s3://BUCKET[/PREFIX]\", not {self.l3!r}")
+        elif scheme == "s3":
+            name = name or "s3"
+        self.l3_provider = name  # "" for a local directory
+        preset = PROVIDERS.get(name, S3)
+        self.s3_endpoint = self.s3_endpoint or preset.endpoint
+        self.part_size = self.part_size or preset.part_size
+        self.transfer_threads = self.transfer_threads or preset.transfer_threads
+        self.upload_concurrency = self.upload_concurrency or preset.upload_concurrency
 
     @property
     def cache(self) -> Path:
@@ -106,7 +144,7 @@ MASK = "********"
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _SIZES = {"part_size", "l1_bytes", "l2_bytes"}
 _INTS = {"transfer_threads", "upload_concurrency"}
-_FLOATS = {"jobs_keep_seconds", "retry_base_seconds", "retry_max_seconds", "s3_read_timeout"}
+_FLOATS = {"poll_seconds", "jobs_keep_seconds", "retry_base_seconds", "retry_max_seconds", "s3_read_timeout"}
 _BOOLS = {"allow_other"}
 
 
@@ -155,6 +193,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
                 flat[f"{key}_{sub}"] = subval
         else:
             flat[key] = value
+    if "l3_url" in flat:  # TOML itself refuses it beside a plain l3 = ...
+        flat["l3"] = flat.pop("l3_url")
     unknown = sorted(set(flat) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")

@@ -450,8 +450,12 @@ def test_make_store_forms(tmp_path: Path) -> None:
     assert isinstance(storj, S3Store)
     assert storj.part_size == 64 * MiB
     assert "gateway.storjshare.io" in storj.description
+    assert storj.threads == 2  # 2 parts of 64 MiB in flight per upload
     storj_small = make_store("storj://bkt", part_size=16 * MiB)
     assert isinstance(storj_small, S3Store) and storj_small.part_size == 16 * MiB
+    own_gateway = make_store("storj://bkt", endpoint_url="http://127.0.0.1:7777")
+    assert isinstance(own_gateway, S3Store) and own_gateway.endpoint == "http://127.0.0.1:7777"
+    assert own_gateway.part_size == 64 * MiB
     local = make_store(f"file://{tmp_path}/l3")
     assert isinstance(local, DirStore) and local.root == f"{tmp_path}/l3"
     secret = make_store("s3://bkt", endpoint_url="http://user:hunter2@127.0.0.1:9")

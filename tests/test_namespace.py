@@ -4,6 +4,10 @@ Every test works on a fresh bucket of the moto server and drives the mount the w
 does: cp, cat, shell redirections, sed -i, rsync, vim/ex, mv, rm, getfattr, ls -l, and plain
 Python ``open()``/``os`` calls. What the bucket holds is read back with boto3 against the same
 S3 endpoint; a second mount with an empty cache shows what L3 alone says.
+
+Every test runs twice: on the S3 server as it is, and with the Storj preset through a proxy
+that refuses what Storj's gateway refuses (tests/faultproxy.py, storj mode). There the test
+also fails if the mount sent anything the gateway would refuse, throttling aside.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.config
 import pytest
 
+from faultproxy import FaultProxy
 from mount import Mount, poll, relayfs, sh
 
 VERSION_NAME = re.compile(r"^v[0-9]+$")
@@ -69,7 +76,9 @@ def xattrs(path: Path) -> dict[str, str]:
 
 
 def s3(mnt: Mount) -> tuple[Any, str]:
-    return boto3.client("s3", endpoint_url=mnt.endpoint), mnt.l3.removeprefix("s3://")
+    # checksums only when required, so the Storj-like proxy answers this client too
+    config = botocore.config.Config(request_checksum_calculation="when_required", response_checksum_validation="when_required")
+    return boto3.client("s3", endpoint_url=mnt.endpoint, config=config), mnt.l3.removeprefix("s3://")
 
 
 def bucket_objects(mnt: Mount, prefix: str = "") -> dict[str, str]:
@@ -127,6 +136,35 @@ def all_version_shas(root: Path) -> set[str]:
             if VERSION_NAME.match(name):
                 out.add(os.getxattr(Path(dirpath) / name, "user.relayfs.sha256").decode())
     return out
+
+
+@pytest.fixture(params=["s3", "storj"])
+def l3_mode(request: pytest.FixtureRequest, s3_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy | None]:  # type: ignore[no-untyped-def]
+    """None: the S3 server itself. A storj-mode proxy: mounts use ``[l3] provider = "storj"``
+    (as RELAYFS_L3_PROVIDER) with the proxy as their endpoint."""
+    if request.param == "s3":
+        yield None
+        return
+    proxy = FaultProxy(backend_port=int(s3_server.endpoint.rsplit(":", 1)[1]), mode="storj")
+    monkeypatch.setenv("RELAYFS_L3_PROVIDER", "storj")
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+    assert proxy.client_errors() == Counter(), "the mount sent what Storj's gateway refuses"
+
+
+@pytest.fixture
+def make_mount(l3_mode: FaultProxy | None, make_mount):  # type: ignore[no-untyped-def]
+    """conftest's factory; in storj mode every mount (fresh ones too) goes through the proxy.
+    ``l3_mode`` comes first so that the proxy outlives every mount."""
+    if l3_mode is None:
+        return make_mount
+
+    def make(l3: str, *, endpoint: str | None = "", **kw: Any) -> Mount:
+        return make_mount(l3, endpoint=l3_mode.endpoint if endpoint == "" else endpoint, **kw)
+
+    return make
 
 
 @pytest.fixture

@@ -32,13 +32,15 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from . import providers
+
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-DEFAULT_PART_SIZE = 8 * MiB
-STORJ_PART_SIZE = 64 * MiB  # Storj's recommended multipart part size
-STORJ_ENDPOINT = "https://gateway.storjshare.io"
-DEFAULT_THREADS = 4
+DEFAULT_PART_SIZE = providers.S3.part_size
+STORJ_PART_SIZE = providers.STORJ.part_size  # one Storj segment per part
+STORJ_ENDPOINT = providers.STORJ.endpoint or ""
+DEFAULT_THREADS = providers.S3.transfer_threads
 DEFAULT_READ_TIMEOUT = 60.0  # seconds without a byte of an S3 answer before boto3 gives up
 S3_MIN_PART_SIZE = 5 * MiB  # S3 rejects smaller non-final parts at CompleteMultipartUpload
 S3_MAX_PARTS = 10_000
@@ -290,8 +292,9 @@ class S3Store:
         self.part_size = part_size
         self.threads = threads
         config = botocore.config.Config(
-            # Flexible checksums (CRC32 trailers, aws-chunked bodies) are not understood by
-            # every S3-compatible gateway; we send Content-MD5 ourselves instead.
+            # Flexible checksums (CRC32 headers or aws-chunked trailers, boto3's default since
+            # 1.36) are not understood by every S3-compatible gateway: Storj's answers 400
+            # ChecksumsUnsupported. We send Content-MD5 ourselves instead.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             max_pool_connections=max(10, threads * 4),
@@ -955,18 +958,16 @@ def make_store(
         bucket = parts.netloc
         if not bucket or "@" in bucket or ":" in bucket:
             raise ValueError(f"unsupported store URL {url!r}: expected {_URL_FORMS}")
-        if scheme == "storj":
-            endpoint_url = endpoint_url or STORJ_ENDPOINT
-            default_part = STORJ_PART_SIZE
-        else:
-            default_part = DEFAULT_PART_SIZE
+        # storj:// is the Storj preset; an explicit endpoint (a self-hosted gateway) still wins.
+        preset = providers.STORJ if scheme == "storj" else providers.S3
+        endpoint_url = endpoint_url or preset.endpoint
         return S3Store(
             bucket,
             parts.path.lstrip("/"),
             endpoint_url=endpoint_url,
             region=region,
-            part_size=part_size if part_size is not None else default_part,
-            threads=threads if threads is not None else DEFAULT_THREADS,
+            part_size=part_size if part_size is not None else preset.part_size,
+            threads=threads if threads is not None else preset.transfer_threads,
             read_timeout=read_timeout if read_timeout is not None else DEFAULT_READ_TIMEOUT,
             access_key_id=access_key_id,
             secret_access_key=secret_access_key,
