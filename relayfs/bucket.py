@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 PARALLEL_GETS = 16
 
 
-async def _fetch_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
+async def fetch_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
     limiter = trio.CapacityLimiter(PARALLEL_GETS)
     out: dict[str, bytes] = {}
 
@@ -67,7 +67,7 @@ async def rebuild(catalog: Catalog, store: ObjectStore) -> dict[str, int]:
             log.warning("skipping foreign key %r: RelayFS did not write it", key)
     good_ns.sort()
     wanted = [k for fn, k in live.items() if fn not in dead]
-    bodies = await _fetch_all(store, good_ns + wanted)
+    bodies = await fetch_all(store, good_ns + wanted)
     events: list[tuple[str, layout.NsEvent]] = []
     for key in good_ns:
         if key not in bodies:

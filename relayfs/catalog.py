@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_events (key TEXT PRIMARY KEY);
 """
 
 DIR_MODE = 0o040755
@@ -344,11 +345,11 @@ class Catalog:
         ).fetchall()
         return [_job(r) for r in rows]
 
-    def version_state(self, node: Node) -> str:
+    def version_state(self, node: Node, c: sqlite3.Connection | None = None) -> str:
         """``pending``, ``uploading`` or ``durable`` for a version node."""
         if node.job_id is None:
             return "durable"
-        row = self._r.execute("SELECT state FROM jobs WHERE id = ?", (node.job_id,)).fetchone()
+        row = (c or self._r).execute("SELECT state FROM jobs WHERE id = ?", (node.job_id,)).fetchone()
         if row is None or row[0] == "done":
             return "durable"
         return VERSION_STATE.get(row[0], "pending")
@@ -807,10 +808,152 @@ class Catalog:
                     log.warning("skipping version record %r: no file in the namespace has id %s", layout.record_key(fid, rec.num), fid)
             if events:
                 self._set_meta(c, "ns_last", events[-1][0])
+            c.executemany("INSERT OR IGNORE INTO seen_events (key) VALUES (?)", [(k,) for k, _ in events])
             self._set_meta(c, "rebuilt", str(time.time()))
             return counts
 
         return await self._write(tx)
+
+    # -- changes other clients made (see sync.py) ----------------------------------------
+    def seen_events(self) -> set[str]:
+        return {r[0] for r in self._r.execute("SELECT key FROM seen_events")}
+
+    def known_versions(self) -> dict[str, set[int]]:
+        """Per file id, the version numbers this catalog holds or is deleting."""
+        out: dict[str, set[int]] = {}
+        for fid, num in self._r.execute(
+            "SELECT file_id, num FROM nodes WHERE kind = 'version'"
+            " UNION SELECT file_id, num FROM jobs WHERE kind = 'delete' AND file_id IS NOT NULL"
+        ):
+            out.setdefault(fid, set()).add(num)
+        return out
+
+    def file_ids(self) -> set[str]:
+        return {r[0] for r in self._r.execute("SELECT file_id FROM nodes WHERE kind = 'vfile'")}
+
+    async def merge_remote(
+        self,
+        events: list[tuple[str, layout.NsEvent]],
+        records: list[layout.VersionRecord],
+        tombstones: set[tuple[str, int]],
+        used: dict[str, int],
+        *,
+        seen: list[str],
+    ) -> tuple[dict[str, int], list[tuple[int, str]]]:
+        """Apply what other clients wrote to L3 to this live catalog, in one transaction.
+
+        ``events`` are namespace events not seen before, in key order; ``records`` live
+        version records this catalog lacks; ``tombstones`` versions removed elsewhere;
+        ``used`` the highest number used per file id; ``seen`` every event key read (also
+        unusable ones), never applied again. An event that does not fit the local
+        tree (a name taken here meanwhile, a folder not empty here) is skipped with a
+        WARNING. Returns counts and the (parent ino, name) entries the kernel must forget.
+        """
+
+        def tx(c: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[int, str]]]:
+            counts = {"events": 0, "versions": 0, "removed": 0, "skipped": 0}
+            gone: list[tuple[int, str]] = []
+            c.executemany("INSERT OR IGNORE INTO seen_events (key) VALUES (?)", [(k,) for k in seen])
+            for key, ev in events:
+                why = self._apply_event(c, ev, gone)
+                if why:
+                    log.warning("skipping namespace event %r from another client: %s", key, why)
+                    counts["skipped"] += 1
+                else:
+                    counts["events"] += 1
+            for rec in records:
+                vfile = c.execute("SELECT * FROM nodes WHERE kind = 'vfile' AND file_id = ?", (rec.file_id,)).fetchone()
+                if vfile is None or (rec.file_id, rec.num) in tombstones or c.execute(
+                    "SELECT 1 FROM nodes WHERE kind = 'version' AND file_id = ? AND num = ?", (rec.file_id, rec.num)
+                ).fetchone():
+                    continue
+                known = c.execute("SELECT size, chunk_size, chunks FROM blobs WHERE sha256 = ?", (rec.sha256,)).fetchone()
+                if known is not None and tuple(known) != (rec.size, rec.chunk_size, json.dumps(rec.chunks)):
+                    log.warning("skipping version record %r: its blob is recorded with another size",
+                                layout.record_key(rec.file_id, rec.num))
+                    continue
+                c.execute(
+                    "INSERT OR IGNORE INTO blobs (sha256, size, chunk_size, chunks, durable) VALUES (?, ?, ?, ?, 1)",
+                    (rec.sha256, rec.size, rec.chunk_size, json.dumps(rec.chunks)),
+                )
+                self._insert(
+                    c, parent=vfile["ino"], name=f"v{rec.num}", kind="version", file_id=rec.file_id, num=rec.num,
+                    sha256=rec.sha256, size=rec.size, mtime_ns=rec.mtime_ns, mode=VERSION_MODE,
+                )
+                c.execute("UPDATE nodes SET mtime_ns = max(mtime_ns, ?) WHERE ino = ?", (rec.mtime_ns, vfile["ino"]))
+                counts["versions"] += 1
+            for fid, num in sorted(tombstones):
+                row = c.execute(
+                    "SELECT * FROM nodes WHERE kind = 'version' AND file_id = ? AND num = ?", (fid, num)
+                ).fetchone()
+                if row is None or self.version_state(_node(row), c) != "durable":
+                    continue
+                c.execute("DELETE FROM nodes WHERE ino = ?", (row["ino"],))
+                gone.append((row["parent"], row["name"]))
+                counts["removed"] += 1
+            for fid, top in used.items():
+                c.execute(
+                    "UPDATE nodes SET next_num = max(next_num, ?) WHERE kind = 'vfile' AND file_id = ?", (top + 1, fid)
+                )
+            return counts, gone
+
+        result = await self._write(tx)
+        self._notify()
+        return result
+
+    def _resolve_in(self, c: sqlite3.Connection, path: str) -> sqlite3.Row | None:
+        row = c.execute("SELECT * FROM nodes WHERE ino = ?", (ROOT_INO,)).fetchone()
+        for part in path.split("/"):
+            row = c.execute("SELECT * FROM nodes WHERE parent = ? AND name = ?", (row["ino"], part)).fetchone()
+            if row is None:
+                return None
+        return row
+
+    def _apply_event(self, c: sqlite3.Connection, ev: layout.NsEvent, gone: list[tuple[int, str]]) -> str:
+        """One namespace event from another client; returns why it was skipped, or ''."""
+        parent_path, _, name = ev.path.rpartition("/")
+        parent = self._resolve_in(c, parent_path) if parent_path else c.execute(
+            "SELECT * FROM nodes WHERE ino = ?", (ROOT_INO,)).fetchone()
+        here = self._resolve_in(c, ev.path)
+        if ev.op in ("mkdir", "mkfile"):
+            kind = "dir" if ev.op == "mkdir" else "vfile"
+            if here is not None:
+                same = here["kind"] == kind and (kind == "dir" or here["file_id"] == ev.file_id)
+                return "" if same else f"{ev.path!r} exists here already"
+            if parent is None or parent["kind"] != "dir" or ev.path == RESERVED_ROOT:
+                return f"no folder for {ev.path!r}"
+            if kind == "vfile" and c.execute("SELECT 1 FROM nodes WHERE kind = 'vfile' AND file_id = ?", (ev.file_id,)).fetchone():
+                return f"file id of {ev.path!r} is in use here"
+            self._insert(
+                c, parent=parent["ino"], name=name, kind=kind, file_id=ev.file_id or None,
+                next_num=1 if kind == "vfile" else None, mtime_ns=ev.mtime_ns or _now_ns(),
+                mode=DIR_MODE if kind == "dir" else VFILE_MODE,
+            )
+            return ""
+        if here is None:
+            return "" if ev.op in ("rmdir", "unlink") else f"no {ev.path!r} here"
+        if ev.op in ("rmdir", "unlink"):
+            if here["kind"] != ("dir" if ev.op == "rmdir" else "vfile"):
+                return f"{ev.path!r} is another kind of entry here"
+            children = [_node(r) for r in c.execute("SELECT * FROM nodes WHERE parent = ?", (here["ino"],))]
+            if any(ch.kind != "version" or self.version_state(ch, c) != "durable" for ch in children):
+                return f"{ev.path!r} holds entries here that are not in L3"
+            for ch in children:
+                c.execute("DELETE FROM nodes WHERE ino = ?", (ch.ino,))
+                gone.append((ch.parent, ch.name))
+            c.execute("DELETE FROM nodes WHERE ino = ?", (here["ino"],))
+            gone.append((here["parent"], here["name"]))
+            return ""
+        to_parent_path, _, to_name = ev.to.rpartition("/")
+        to_parent = self._resolve_in(c, to_parent_path) if to_parent_path else c.execute(
+            "SELECT * FROM nodes WHERE ino = ?", (ROOT_INO,)).fetchone()
+        if to_parent is None or to_parent["kind"] != "dir" or ev.to == RESERVED_ROOT:
+            return f"no folder for {ev.to!r}"
+        if self._resolve_in(c, ev.to) is not None:
+            return f"{ev.to!r} exists here already"
+        c.execute("UPDATE nodes SET parent = ?, name = ? WHERE ino = ?", (to_parent["ino"], to_name, here["ino"]))
+        gone.append((here["parent"], here["name"]))
+        return ""
 
     async def mark_rebuilt(self) -> None:
         await self._write(lambda c: self._set_meta(c, "rebuilt", str(time.time())))

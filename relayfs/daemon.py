@@ -13,7 +13,6 @@ Readiness is told, once the mount answers a ``stat``, to whoever asked: the pare
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -26,25 +25,17 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import bucket, control, recovery
-from .fsck import Fsck
-from .catalog import Catalog
+from . import control
 from .config import Config
-from .errors import NoSpace, NotFound, RelayError
+from .engine import Engine, StartError
+from .errors import RelayError
 from .fs import Operations
-from .jobs import JobRunner
-from .store.l1 import ChunkCache
-from .store.l2 import BlobInfo, DiskCache
-from .store.l3 import ObjectStore, StoreError, make_store
-from .store.thaw import Thawer
-from .store.tiers import Tiers
+from .fsck import Fsck
+from .store.l3 import StoreError
 
 log = logging.getLogger(__name__)
 
-HOUSEKEEPING_SECONDS = 30.0
-
-
-class MountError(Exception):
+class MountError(StartError):
     """The mount cannot start; str() is the one-line reason shown to the user."""
 
 
@@ -94,82 +85,22 @@ def check_mountpoint(mountpoint: Path) -> None:
     del st
 
 
-def cache_in_use(cache: Path) -> str | None:
-    """The pid holding a cache dir's lock, or None when it is free (checked, not taken)."""
-    try:
-        fd = os.open(cache / "lock", os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-    finally:
-        os.close(fd)
-    return None
-
-
-def lock_cache(cache: Path) -> int:
-    """Hold an exclusive lock on the cache dir for the daemon's lifetime."""
-    fd = os.open(cache / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise MountError(f"cache dir {cache} is in use by another RelayFS mount (pid {other or '?'})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-class Daemon:
-    """Everything one mount owns."""
+class Daemon(Engine):
+    """An engine served through FUSE at a mount point, with its control socket."""
 
     def __init__(self, config: Config, mountpoint: Path) -> None:
-        self.config = config
+        super().__init__(config)
         self.mountpoint = mountpoint
-        self.started = time.time()
-        self.l2 = DiskCache(config.cache)
-        self.lock_fd = lock_cache(config.cache)
-        self.catalog = Catalog(config.cache / "catalog.db")
-        self.l1 = ChunkCache(config.l1_bytes)
-        self.store: ObjectStore = make_store(
-            config.l3, endpoint_url=config.s3_endpoint, region=config.s3_region,
-            part_size=config.part_size, threads=config.transfer_threads,
-            read_timeout=config.s3_read_timeout,
-            access_key_id=config.s3_access_key_id, secret_access_key=config.s3_secret_access_key,
-        )
         self.control_path = str(config.cache / "control.sock")
         self.mounted = False
         self.fsck_lock = trio.Lock()  # one fsck at a time: two would repair the same blob twice
-        self.runner = JobRunner(
-            self.catalog, self.store, self.l2, self.l1, concurrency=config.upload_concurrency,
-            retry_base=config.retry_base_seconds, retry_max=config.retry_max_seconds,
-        )
 
-    async def prepare(self) -> None:
-        """Reach L3, rebuild an empty catalog from it, tidy what a crash left (recovery.py),
-        requeue interrupted jobs."""
-        try:
-            await trio.to_thread.run_sync(self.store.check)
-        except StoreError as e:
-            raise MountError(str(e)) from None
-        if self.catalog.is_empty():
-            await bucket.rebuild(self.catalog, self.store)
-        await recovery.recover(self.catalog, self.l2)
-        n = await self.catalog.requeue_interrupted()
-        if n:
-            log.info("%d unfinished jobs queued again", n)
-        await trio.to_thread.run_sync(self.l2.clear_thaw)
+    def _invalidate(self, parent: int, name: str) -> None:
+        pyfuse3.invalidate_entry_async(parent, name.encode(), ignore_enoent=True)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
-            thawer = Thawer(self.l2, self.store, nursery, parallel=self.config.transfer_threads, on_done=self._thawed)
-            self.tiers = Tiers(
-                self.l1, self.l2, thawer, l2_budget=self.config.l2_bytes, evictable=self.catalog.evictable_blobs
-            )
-            self.catalog.make_room = self.tiers.free_space  # a full disk evicts before ENOSPC
+            self.start(nursery)
             ops = Operations(
                 self.catalog, self.tiers, self.l2, self.runner,
                 control_path=self.control_path, jobs_keep=self.config.jobs_keep_seconds,
@@ -182,11 +113,10 @@ class Daemon:
             except RuntimeError as e:
                 raise MountError(f"cannot mount at {self.mountpoint}: {e}") from None
             self.mounted = True
+            self.invalidate = self._invalidate
             log.info("mounted %s at %s (cache %s)", self.store.description, self.mountpoint, self.config.cache)
             try:
-                nursery.start_soon(self.runner.run)
                 await nursery.start(self._control_server)
-                nursery.start_soon(self._housekeeping)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._announce_ready)
                 await pyfuse3.main()
@@ -194,13 +124,6 @@ class Daemon:
                 sd_notify("STOPPING=1")
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", self.mountpoint)
-
-    async def _thawed(self, sha: str) -> None:
-        await self.catalog.touch_blobs([sha])
-        await self._make_room()
-
-    async def _make_room(self) -> None:
-        await self.tiers.make_room()
 
     async def _announce_ready(self) -> None:
         await trio.to_thread.run_sync(os.stat, self.mountpoint)
@@ -213,15 +136,6 @@ class Daemon:
                 log.info("received %s: unmounting", signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
-
-    async def _housekeeping(self) -> None:
-        while True:
-            await trio.sleep(HOUSEKEEPING_SECONDS)
-            try:
-                await self.catalog.prune_jobs(time.time() - self.config.jobs_keep_seconds)
-            except NoSpace as e:  # a full cache disk: pruning waits for the next round
-                log.warning("housekeeping: %s", e)
-            await self._make_room()
 
     # -- control socket ----------------------------------------------------------------
     async def _control_server(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -247,12 +161,17 @@ class Daemon:
                             break
                         data += chunk
                 req = json.loads(data)
+                if not isinstance(req, dict):
+                    raise ValueError("a request is one JSON object")
                 answer = {"ok": True, **await self.answer(req)}
-            except (RelayError, ValueError, KeyError) as e:
+            except (RelayError, StoreError, ValueError, KeyError) as e:  # StoreError: refresh with L3 away
                 reason = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # KeyError quotes
                 answer = {"ok": False, "error": str(reason) or type(e).__name__}
             except trio.TooSlowError:
                 return
+            except Exception as e:  # a bug in one request must not take the mount down
+                log.exception("control request failed")
+                answer = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
             try:
                 await stream.send_all(json.dumps(answer).encode() + b"\n")
             except trio.BrokenResourceError:
@@ -260,8 +179,8 @@ class Daemon:
 
     async def answer(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
-        if op == "status":
-            return await self.status()
+        if op == "status":  # "probe": false answers at once, without asking L3 (umount)
+            return await self.status(probe=bool(req.get("probe", True)))
         if op == "jobs":
             prefix = "/" + str(req.get("path", "")).strip("/")
             since = time.time() - self.config.jobs_keep_seconds
@@ -270,79 +189,25 @@ class Daemon:
                 out = [j for j in out if j["path"] == prefix or str(j["path"]).startswith(prefix + "/")]
             return {"jobs": out}
         if op == "versions":
-            vfile = self._vfile(str(req["path"]))
-            rows = []
-            for v in self.catalog.versions(vfile.ino):
-                assert v.sha256 is not None
-                tiers = self.tiers.where(v.sha256) + (["L3"] if self.catalog.blob(v.sha256).durable else [])
-                rows.append({
-                    "version": v.num, "size": v.size, "mtime_ns": v.mtime_ns, "sha256": v.sha256,
-                    "state": self.catalog.version_state(v), "tier": ",".join(tiers), "job": v.job_id,
-                })
-            return {"path": self.catalog.path_of(vfile.ino), "versions": rows}
+            return self.versions(str(req["path"]))
+        if op == "refresh":
+            return {"counts": await self.refresh()}
         if op == "fsck":
             async with self.fsck_lock:
                 checker = Fsck(self.catalog, self.l1, self.l2, self.tiers.thawer, self.store, self.runner)
                 report = await checker.run(str(req.get("path", "")).strip("/"))
             return report.as_dict()
         if op == "rollback":
-            vfile = self._vfile(str(req["path"]))
-            name = str(req["version"])
-            if not name.startswith("v"):
-                name = f"v{name}"
-            try:
-                src = self.catalog.lookup(vfile.ino, name)
-            except NotFound:
-                raise NotFound(f"/{self.catalog.path_of(vfile.ino)} has no version {name}") from None
-            if src.kind != "version" or src.sha256 is None:
-                raise KeyError(f"{name} is not a version")
-            blob = self.catalog.blob(src.sha256)
-            info = BlobInfo(blob.sha256, blob.size, blob.chunk_size, blob.chunks)
-            node = await self.catalog.commit(vfile.ino, info)
-            pyfuse3.invalidate_entry_async(vfile.parent, vfile.name.encode(), ignore_enoent=True)
-            log.info("rolled back /%s to %s as v%s", self.catalog.path_of(vfile.ino), name, node.num)
+            node = await self.rollback(str(req["path"]), str(req["version"]))
             return {"version": node.num, "job": node.job_id}
+        if op == "prune":
+            dry_run = bool(req.get("dry_run", False))
+            removed = await self.prune(str(req.get("path", "")), req.get("keep"), req.get("older_than"), dry_run)
+            return {"versions": removed, "dry_run": dry_run}
         raise KeyError(f"unknown request {op!r}")
 
-    def _vfile(self, path: str):  # type: ignore[no-untyped-def]
-        try:
-            node = self.catalog.resolve(path)
-        except NotFound:
-            raise NotFound(f"/{path}: no such file or folder") from None
-        if node.kind == "version":
-            node = self.catalog.get(node.parent)
-        if node.kind != "vfile":
-            raise KeyError(f"{path or '/'} is not a versioned file")
-        return node
-
-    async def status(self) -> dict[str, Any]:
-        counts = self.catalog.counts()
-        l2_used = await trio.to_thread.run_sync(self.l2.usage, limiter=self.tiers.disk)
-        return {
-            "pid": os.getpid(),
-            "mountpoint": str(self.mountpoint),
-            "l3": self.store.description,
-            "l3_reachable": self.runner.l3_ok,
-            "l3_error": self.runner.l3_error,
-            "cache_dir": str(self.config.cache),
-            "l1_used": self.l1.used,
-            "l1_budget": self.l1.budget,
-            "l2_used": l2_used,
-            "l2_budget": self.config.l2_bytes,
-            "folders": counts.get("dir", 1) - 1,
-            "files": counts.get("vfile", 0),
-            "versions": counts.get("version", 0),
-            "jobs_queued": counts.get("jobs_queued", 0),
-            "jobs_running": counts.get("jobs_running", 0),
-            "jobs_retrying": counts.get("jobs_retrying", 0),
-            "jobs_failed": counts.get("jobs_failed", 0),
-            "pending_bytes": counts.get("pending_bytes", 0),
-            "uptime_seconds": round(time.time() - self.started, 1),
-        }
-
-    def close(self) -> None:
-        self.catalog.close()
-        os.close(self.lock_fd)
+    async def status(self, probe: bool = True) -> dict[str, Any]:
+        return {**await super().status(probe), "mountpoint": str(self.mountpoint)}
 
 
 def setup_logging(level: str) -> None:
@@ -360,12 +225,9 @@ def run(config: Config, mountpoint: str) -> int:
     daemon: Daemon | None = None
     try:
         check_mountpoint(mnt)
-        try:
-            daemon = Daemon(config, mnt)
-        except ValueError as e:
-            raise MountError(str(e)) from None
+        daemon = Daemon(config, mnt)
         trio.run(_main, daemon)
-    except MountError as e:
+    except StartError as e:
         log.error("%s", e)
         tell_parent(f"error: {e}")
         return 1

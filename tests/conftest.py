@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from faultproxy import FaultProxy
 from s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
 
 # Environment for the whole test session. boto3's default credential chain (used by S3Store
@@ -58,6 +59,21 @@ def bucket(s3_server: S3Server) -> str:
     if not s3_server.running:
         s3_server.start()  # a previous test may have left an outage in place
     return s3_server.create_bucket(f"relayfs-test-{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the test server; point a mount at ``proxy.endpoint``."""
+    p = FaultProxy(backend_port=int(s3_server.endpoint.rsplit(":", 1)[1]))
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def fast_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short job backoff for mounts started after this (the CLI hands os.environ to the daemon)."""
+    monkeypatch.setenv("RELAYFS_RETRY_BASE_SECONDS", "0.2")
+    monkeypatch.setenv("RELAYFS_RETRY_MAX_SECONDS", "1")
 
 
 # -- mounts -------------------------------------------------------------------------------

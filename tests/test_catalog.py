@@ -161,3 +161,53 @@ def test_state_survives_reopen(tmp_path: Path) -> None:
 
     run(first, tmp_path)
     run(second, tmp_path)
+
+
+def _rec(fid: str, num: int, sha: str = SHA_B) -> layout.VersionRecord:
+    return layout.VersionRecord(fid, num, sha, 3, 1_000, layout.CHUNK_SIZE, (sha,), "0ther000")
+
+
+def test_merge_remote_applies_other_clients_changes_and_skips_clashes(tmp_path: Path) -> None:
+    fid_new, fid_clash = "1" * 32, "2" * 32
+
+    async def body(cat: Catalog):
+        draft = await cat.create(ROOT_INO, "mine.txt", 0o644, "w")
+        v1 = await cat.commit(draft.ino, info(SHA_A))
+        mine = cat.lookup(ROOT_INO, "mine.txt")
+        for j in cat.unfinished_jobs():  # as if every upload had finished
+            await cat.job_state(j.id, "done")
+        events = [
+            ("ns/0000000000001-0ther000-00000001.json", layout.NsEvent("mkdir", "shared")),
+            ("ns/0000000000002-0ther000-00000002.json", layout.NsEvent("mkfile", "shared/new.txt", file_id=fid_new)),
+            ("ns/0000000000003-0ther000-00000003.json", layout.NsEvent("mkfile", "mine.txt", file_id=fid_clash)),
+            ("ns/0000000000004-0ther000-00000004.json", layout.NsEvent("rename", "shared", to="moved")),
+        ]
+        records = [_rec(fid_new, 1), _rec(fid_new, 2, SHA_A), _rec(mine.file_id, 2), _rec(fid_clash, 1)]
+        seen = [k for k, _ in events] + ["ns/0000000000005-0ther000-00000005.json"]  # one unreadable
+        counts, gone = await cat.merge_remote(
+            events, records, {(mine.file_id, 1)}, {fid_new: 2, mine.file_id: 3}, seen=seen
+        )
+        assert counts == {"events": 3, "versions": 3, "removed": 1, "skipped": 1}
+        new = cat.resolve("moved/new.txt")
+        assert [v.num for v in cat.versions(new.ino)] == [1, 2] and cat.head(new.ino).sha256 == SHA_A
+        assert cat.version_state(cat.head(new.ino)) == "durable" and cat.blob(SHA_B).durable
+        assert [v.num for v in cat.versions(mine.ino)] == [2]  # v1 was removed elsewhere, v2 added
+        assert (mine.ino, v1.name) in gone and (ROOT_INO, "shared") in gone
+        assert cat.lookup(ROOT_INO, "mine.txt").file_id == mine.file_id  # the clash was skipped
+        assert (await cat.commit(mine.ino, info(SHA_A))).num == 4  # after the highest number used anywhere
+        assert set(seen) <= cat.seen_events()
+
+    run(body, tmp_path)
+
+
+def test_merge_remote_keeps_versions_not_yet_in_l3(tmp_path: Path) -> None:
+    async def body(cat: Catalog):
+        draft = await cat.create(ROOT_INO, "f", 0o644, "w")
+        await cat.commit(draft.ino, info(SHA_A))
+        f = cat.lookup(ROOT_INO, "f")
+        unlink = ("ns/0000000000001-0ther000-00000001.json", layout.NsEvent("unlink", "f", file_id=f.file_id))
+        counts, _ = await cat.merge_remote([unlink], [], {(f.file_id, 1)}, {}, seen=[unlink[0]])
+        assert counts["skipped"] == 1 and counts["removed"] == 0  # v1's upload is still pending here
+        assert [v.num for v in cat.versions(f.ino)] == [1]
+
+    run(body, tmp_path)

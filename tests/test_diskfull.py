@@ -24,19 +24,6 @@ CACHE_MIB = 24
 
 
 @pytest.fixture
-def fast_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELAYFS_RETRY_BASE_SECONDS", "0.2")
-    monkeypatch.setenv("RELAYFS_RETRY_MAX_SECONDS", "1")
-
-
-@pytest.fixture
-def proxy(s3_server) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
-    p = FaultProxy(backend_port=int(s3_server.endpoint.rsplit(":", 1)[1]))
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def small_cache_mount(make_mount, bucket: str, proxy: FaultProxy, fast_retry) -> Iterator[Callable[[], Mount]]:  # type: ignore[no-untyped-def]
     """A mount (through ``proxy``) whose cache dir is a tmpfs of CACHE_MIB MiB."""
     made: list[Mount] = []

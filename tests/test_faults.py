@@ -25,18 +25,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def fast_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Short backoff and a 2 s S3 read timeout for mounts started after this."""
-    monkeypatch.setenv("RELAYFS_RETRY_BASE_SECONDS", "0.2")
-    monkeypatch.setenv("RELAYFS_RETRY_MAX_SECONDS", "1")
+def fast_retry(fast_retry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """conftest's short backoff, plus a 2 s S3 read timeout for mounts started after this."""
     monkeypatch.setenv("RELAYFS_S3_READ_TIMEOUT", "2")  # a stall fails a try in 2 s, not 60
-
-
-@pytest.fixture
-def proxy(s3_server) -> Any:  # type: ignore[no-untyped-def]
-    p = FaultProxy(backend_port=int(s3_server.endpoint.rsplit(":", 1)[1]))
-    yield p
-    p.close()
 
 
 def bucket_blob(s3_server, bucket: str, version: os.PathLike[str]) -> bytes:  # type: ignore[no-untyped-def]

@@ -19,15 +19,6 @@ FIELDS = (
 STATES = {"queued", "running", "retrying", "done", "failed"}
 
 
-@pytest.fixture
-def fast_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Short backoff for mounts started after this (the CLI hands os.environ to the daemon)."""
-    monkeypatch.setenv("RELAYFS_RETRY_BASE_SECONDS", "0.2")
-    monkeypatch.setenv("RELAYFS_RETRY_MAX_SECONDS", "1")
-
-
-
-
 def read_job(m: Mount, job_id: str) -> dict[str, str]:
     """Parse ``.jobs/ID`` (one ``key: value`` line per field)."""
     text = (m.path / ".jobs" / job_id).read_text()
