@@ -16,7 +16,11 @@ import pytest
 from mount import Mount, relayfs, sh
 from s3server import free_port
 
-SUBCOMMANDS = ("mount", "umount", "status", "jobs", "wait", "versions", "rollback", "fsck")
+SUBCOMMANDS = (
+    "mount", "umount", "status", "jobs", "wait", "versions", "rollback", "prune", "refresh", "config", "fsck",
+    "install-service",
+)
+COMMANDS = (*SUBCOMMANDS, "config show")  # every command a user can ask --help of
 
 
 def one_line_failure(done: subprocess.CompletedProcess[str], *patterns: str) -> str:
@@ -83,11 +87,24 @@ def test_help_lists_every_command() -> None:
     assert relayfs("-h").stdout == out
 
 
-@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+@pytest.mark.parametrize("cmd", COMMANDS)
 def test_subcommand_help(cmd: str) -> None:
-    done = relayfs(cmd, "--help")
+    done = relayfs(*cmd.split(), "--help")
+    assert done.returncode == 0 and not done.stderr
     assert done.stdout.startswith("Usage:")
     assert cmd in done.stdout.splitlines()[0]
+    description, _, examples = done.stdout.partition("Examples:")
+    assert len(description.split("\n\n", 1)[1].split()) >= 15  # a paragraph saying what it does
+    shown = [line.strip() for line in examples.split("\n\n")[0].splitlines() if line.strip()]
+    assert shown and all(line.startswith(("relayfs ", "sudo relayfs ", "RELAYFS_")) for line in shown), shown
+    assert all(cmd in line for line in shown)
+
+
+def test_usage_errors_are_one_line_with_status_2() -> None:
+    for args in (("nope",), ("versions",), ("status", "--bogus"), ("config", "nope"), ("jobs", "--interval", "0")):
+        done = relayfs(*args, check=False)
+        assert done.returncode == 2, args
+        one_line_failure(done, r"^relayfs: ", r"\(see: .*--help\)$")
 
 
 def test_fsck_help() -> None:
@@ -289,7 +306,7 @@ def test_rollback_commits_a_copy_without_uploading_bytes(mnt: Mount, s3_server) 
     assert (mnt.path / "f.bin" / "v4").read_bytes() == b"second"
     one_line_failure(relayfs("rollback", str(mnt.path / "f.bin"), "v9", check=False))
     sh("mkdir dir", cwd=mnt.path)
-    one_line_failure(relayfs("rollback", str(mnt.path / "dir"), "v1", check=False), r"^relayfs: dir is not a versioned file$")
+    one_line_failure(relayfs("rollback", str(mnt.path / "dir"), "v1", check=False), r"^relayfs: /dir is not a versioned file$")
     assert sorted(os.listdir(mnt.path / "f.bin")) == ["latest", "v1", "v2", "v3", "v4"]
 
 
