@@ -15,7 +15,8 @@ Node kinds::
 Locking rule: every change happens inside one write transaction (``_write``), a function
 of the writer connection that checks its preconditions and changes the rows in one go; the
 transactions run one at a time in a worker thread (a limiter of one), and each commit is
-fsync'ed (WAL, ``synchronous=FULL``) before the awaiting handler continues. Reads use a
+fsync'ed (WAL, ``synchronous=FULL``) before the awaiting handler continues, except the few
+``_write_light`` ones whose loss in a power cut is harmless. Reads use a
 second connection on the trio loop and always see the last committed state. Nothing outside
 this module touches the database; callers get plain ``Node`` and ``Job`` values.
 """
@@ -29,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 import trio
 
@@ -215,21 +216,40 @@ class Catalog:
         self._w.close()
 
     # -- plumbing ----------------------------------------------------------------------
-    def _run_txn(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _run_txn(self, fn: Callable[..., T], args: tuple[Any, ...], sync: bool = True) -> T:
         """One transaction; nothing of it stays when it fails, also when COMMIT itself fails
         (a full disk fails the WAL append at COMMIT: that is ``NoSpace``)."""
         c = self._w
-        c.execute("BEGIN IMMEDIATE")
+        if not sync:
+            c.execute("PRAGMA synchronous=NORMAL")
         try:
-            result = fn(c, *args)
-            c.execute("COMMIT")
-        except BaseException as e:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            if isinstance(e, sqlite3.OperationalError) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                raise NoSpace(f"the catalog cannot grow: {e}") from None
-            raise
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(c, *args)
+                c.execute("COMMIT")
+            except BaseException as e:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise NoSpace(f"the catalog cannot grow: {e}") from None
+                raise
+        finally:
+            if not sync:
+                c.execute("PRAGMA synchronous=FULL")
         return result
+
+    async def _write_light(self, fn: Callable[..., T], *args: Any) -> T:
+        """A transaction whose loss in a power cut costs nothing: not fsync'ed by itself (it
+        still survives a crash of the daemon), and made durable by the next ``_write``.
+        For job states (a job found unfinished runs again; every job is idempotent), blob
+        bookkeeping, and drafts (they matter only once committed)."""
+        try:
+            return await trio.to_thread.run_sync(self._run_txn, fn, args, False, limiter=self._wlimit)
+        except NoSpace:
+            if self.make_room is None:
+                raise
+        await self.make_room(CATALOG_ROOM)
+        return await trio.to_thread.run_sync(self._run_txn, fn, args, False, limiter=self._wlimit)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one write transaction in the writer thread; see the module's locking rule.
@@ -339,11 +359,19 @@ class Catalog:
         ).fetchall()
         return [_job(r) for r in rows]
 
-    def unfinished_jobs(self) -> list[Job]:
-        rows = self._r.execute(
-            "SELECT * FROM jobs WHERE state IN ('queued','running','retrying') ORDER BY id"
-        ).fetchall()
-        return [_job(r) for r in rows]
+    def unfinished_jobs(self) -> Iterator[Job]:
+        """Queued, running and retrying jobs, oldest first, read lazily: a caller that has
+        seen enough stops early instead of loading a backlog of thousands."""
+        cur = self._r.execute("SELECT * FROM jobs WHERE state IN ('queued','running','retrying') ORDER BY id")
+        try:
+            for row in cur:
+                yield _job(row)
+        finally:
+            cur.close()
+
+    def has_unfinished_jobs(self) -> bool:
+        row = self._r.execute("SELECT 1 FROM jobs WHERE state IN ('queued','running','retrying') LIMIT 1").fetchone()
+        return row is not None
 
     def version_state(self, node: Node, c: sqlite3.Connection | None = None) -> str:
         """``pending``, ``uploading`` or ``durable`` for a version node."""
@@ -459,7 +487,7 @@ class Catalog:
             )
             return self._get(c, ino)
 
-        return await self._write(tx)
+        return await self._write_light(tx)  # durable with its commit
 
     async def set_attrs(self, ino: int, *, mode: int | None = None, size: int | None = None, mtime_ns: int | None = None) -> Node:
         def tx(c: sqlite3.Connection) -> Node:
@@ -646,11 +674,11 @@ class Catalog:
                 vals.append(error)
             c.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*vals, job_id))
 
-        await self._write(tx)
+        await self._write_light(tx)
         self._notify()
 
     async def blob_durable(self, sha: str, durable: bool) -> None:
-        await self._write(lambda c: c.execute("UPDATE blobs SET durable = ? WHERE sha256 = ?", (int(durable), sha)))
+        await self._write_light(lambda c: c.execute("UPDATE blobs SET durable = ? WHERE sha256 = ?", (int(durable), sha)))
 
     async def forget_blob(self, sha: str) -> bool:
         """Drop a blob row that no version references any more; False if one still does."""
@@ -667,7 +695,7 @@ class Catalog:
         now = time.time()
         rows = [(now, s) for s in shas]
         if rows:
-            await self._write(lambda c: c.executemany("UPDATE blobs SET atime = ? WHERE sha256 = ?", rows))
+            await self._write_light(lambda c: c.executemany("UPDATE blobs SET atime = ? WHERE sha256 = ?", rows))
 
     async def requeue_interrupted(self) -> int:
         """At start: jobs that were running or had failed are queued again."""
@@ -683,7 +711,7 @@ class Catalog:
         return n
 
     async def prune_jobs(self, before: float) -> None:
-        await self._write(lambda c: c.execute("DELETE FROM jobs WHERE state = 'done' AND updated < ?", (before,)))
+        await self._write_light(lambda c: c.execute("DELETE FROM jobs WHERE state = 'done' AND updated < ?", (before,)))
 
     # -- crash recovery (see recovery.py) ----------------------------------------------
     def local_files(self) -> list[Node]:

@@ -68,6 +68,10 @@ ERRNO_OF: dict[type[Exception], int] = {
 XATTRS = (b"user.relayfs.sha256", b"user.relayfs.job", b"user.relayfs.state", b"user.relayfs.tier")
 CONTROL_XATTR = b"user.relayfs.control"
 VERSION_TIMEOUT = 60.0  # versions never change; deletes come through the kernel itself
+# Folders and versioned files: the kernel sees our own changes as they pass through it, and
+# changes it does not see (commits, other workstations) are invalidated by hand; the timeout
+# bounds what a missed invalidation could cost, and spares `ls -l` one request per entry.
+FOLDER_TIMEOUT = 1.0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 T = TypeVar("T")
@@ -189,7 +193,7 @@ class Operations(pyfuse3.Operations):
             except FileNotFoundError:
                 size, mtime = 0, node.mtime_ns
             return self._attr(node.ino, node.mode, size, mtime, 0.0)
-        return self._attr(node.ino, node.mode, 0, node.mtime_ns, 0.0)
+        return self._attr(node.ino, node.mode, 0, node.mtime_ns, FOLDER_TIMEOUT)
 
     def _latest_attr(self, vfile: Node) -> pyfuse3.EntryAttributes:
         head = self.catalog.head(vfile.ino)
@@ -802,8 +806,10 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if inode == ROOT_INO and name == CONTROL_XATTR:
             return self.control_path.encode()
+        if name not in XATTRS:  # `ls -l` asks for security.selinux and ACLs of every entry
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = self._version_of(inode)
-        if node is None or name not in XATTRS:
+        if node is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         assert node.sha256 is not None
         if name == b"user.relayfs.sha256":

@@ -82,11 +82,18 @@ class JobRunner:
         self.stopped: dict[str, str] = {}  # sha -> why its uploads must fail (fsck: its only copy is bad)
 
     # -- dispatch ----------------------------------------------------------------------
-    def runnable(self, now: float) -> tuple[list[Job], float | None]:
-        """Jobs to start now, and when the next backed-off job becomes due."""
+    def runnable(self, now: float, limit: int) -> tuple[list[Job], float | None]:
+        """Up to ``limit`` jobs to start now, and when the next backed-off job becomes due.
+
+        The journal is read lazily and the scan stops at ``limit``: with thousands of jobs
+        queued, each wake-up costs what it starts, not the whole backlog (``next_due`` is
+        then unknown, but a finishing job wakes the loop anyway).
+        """
         busy_files: set[str] = set()
         ready: list[Job] = []
         next_due: float | None = None
+        if limit <= 0:
+            return ready, next_due
         for job in self.catalog.unfinished_jobs():
             # one chain per file (a delete never overtakes its upload), and one for namespace
             # events (uploaded in key order, so a poller listing after a key misses none)
@@ -99,6 +106,8 @@ class JobRunner:
                 next_due = job.not_before if next_due is None else min(next_due, job.not_before)
                 continue
             ready.append(job)
+            if len(ready) >= limit:
+                break
         return ready, next_due
 
     async def run(self) -> None:
@@ -106,10 +115,8 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             while True:
                 changed = self.catalog.changed
-                ready, next_due = self.runnable(time.time())
+                ready, next_due = self.runnable(time.time(), int(self.slots.available_tokens))
                 for job in ready:
-                    if self.slots.available_tokens == 0:
-                        break
                     self._running.add(job.id)
                     await self.slots.acquire_on_behalf_of(job.id)
                     nursery.start_soon(self._work, job)

@@ -241,7 +241,7 @@ class Client:
 
     async def _wait(self, timeout: float | None) -> None:
         with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-            while self._engine.catalog.unfinished_jobs():
+            while self._engine.catalog.has_unfinished_jobs():
                 changed = self._engine.catalog.changed
                 with trio.move_on_after(1.0):  # progress also arrives without a catalog change
                     await changed.wait()

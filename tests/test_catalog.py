@@ -211,3 +211,32 @@ def test_merge_remote_keeps_versions_not_yet_in_l3(tmp_path: Path) -> None:
         assert [v.num for v in cat.versions(f.ino)] == [1]
 
     run(body, tmp_path)
+
+
+def test_job_dispatch_reads_only_what_it_starts(tmp_path: Path) -> None:
+    """With a backlog, the runner takes at most its free slots, heads of chains only, and
+    a state change made without fsync is still there after a reopen."""
+    from relayfs.jobs import JobRunner
+
+    async def body(cat: Catalog):
+        d = await cat.mkdir(ROOT_INO, "many", 0o755)
+        for i in range(30):
+            draft = await cat.create(d.ino, f"f{i}", 0o644, f"w{i}")
+            await cat.commit(draft.ino, info(f"{i:064x}"))
+        runner = JobRunner(cat, None, None, None, concurrency=4, retry_base=1, retry_max=2)  # type: ignore[arg-type]
+        ready, _ = runner.runnable(0.0, 3)
+        assert len(ready) == 3
+        assert [j.kind for j in ready] == ["ns", "upload", "upload"]  # one ns event at a time
+        assert len({j.file_id for j in ready if j.kind == "upload"}) == 2
+        assert runner.runnable(0.0, 0) == ([], None)
+        assert cat.has_unfinished_jobs()
+        await cat.job_state(ready[1].id, "done")
+        return ready[1].id
+
+    done_id = run(body, tmp_path)
+    cat = Catalog(tmp_path / "catalog.db")
+    try:
+        assert cat.job(done_id).state == "done"
+        assert all(j.id != done_id for j in cat.unfinished_jobs())
+    finally:
+        cat.close()

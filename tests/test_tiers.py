@@ -167,7 +167,7 @@ def test_blob_tampered_in_bucket_is_eio(make_mount, bucket: str, s3_server) -> N
             f.seek(MiB)
             f.read(10)
     assert info.value.errno == errno.EIO
-    assert sh("cat t.bin/latest", cwd=b.path, check=False).returncode != 0
+    assert sh("cat t.bin/latest > /dev/null", cwd=b.path, check=False).returncode != 0
     log = b.log.read_text()
     assert re.search(rf"ERROR.*{sha[:12]}", log), "no log line names the corrupt blob"
     assert re.search(rf"ERROR.*{small_sha[:12]}", log), "no log line names the corrupt blob"

@@ -80,3 +80,58 @@ def test_l2_commit_of_same_bytes_replaces_a_rotten_blob(tmp_path: Path) -> None:
     l2.work_path(again).write_bytes(b"precious")
     assert l2.seal(again).sha256 == info.sha256
     assert l2.blob_path(info.sha256).read_bytes() == b"precious"
+
+
+def test_l1_eviction_lets_go_of_the_evicted_chunk() -> None:
+    """An evicted chunk must be freed: a reference kept per eviction grew the daemon by
+    every byte it ever cached."""
+    import sys
+
+    l1 = ChunkCache(budget=4 * 1024)
+    chunk = bytes(4 * 1024) + b"unique"
+    l1.put(("a", 0), chunk[:4096])
+    first = l1.get(("a", 0))
+    assert first is not None
+    before = sys.getrefcount(first)
+    l1.put(("b", 0), bytes(4096))  # evicts ("a", 0)
+    assert l1.get(("a", 0)) is None and l1.used == 4096
+    assert sys.getrefcount(first) == before - 1
+
+
+def test_thaw_fetches_what_a_reader_waits_for_alone() -> None:
+    from relayfs.store.thaw import RANGE_CHUNKS, Thaw
+
+    thaw = Thaw("s" * 64, 20 * CHUNK_SIZE, CHUNK_SIZE, tuple("h" * 20), -1)
+    assert thaw.next_range() == [0]  # the front first, alone: the first byte waits for one chunk
+    assert thaw.next_range() == list(range(1, 1 + RANGE_CHUNKS))
+    thaw.want(12)
+    assert thaw.next_range() == [12]
+    assert thaw.next_range() == list(range(1 + RANGE_CHUNKS, 1 + 2 * RANGE_CHUNKS))
+
+
+def test_sequential_reader_checks_the_next_chunk_into_l1(tmp_path: Path) -> None:
+    import trio
+
+    from relayfs.store.thaw import Thawer
+    from relayfs.store.tiers import Tiers
+
+    l2 = DiskCache(tmp_path / "cache")
+    data = os.urandom(3 * CHUNK_SIZE)
+    w = l2.new_work_file()
+    l2.work_path(w).write_bytes(data)
+    info = l2.seal(w)
+    l1 = ChunkCache(budget=16 * CHUNK_SIZE)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            tiers = Tiers(l1, l2, Thawer(l2, None, nursery, parallel=1, on_done=None), l2_budget=1 << 30)  # type: ignore[arg-type]
+            reader = tiers.open(info.sha256, info.size, info.chunk_size, info.chunks)
+            try:
+                assert await reader.read(0, 4096) == data[:4096]
+                assert l1.get((info.sha256, 1)) == data[CHUNK_SIZE:2 * CHUNK_SIZE]  # read ahead, checked
+                assert await reader.read(CHUNK_SIZE, CHUNK_SIZE) == data[CHUNK_SIZE:2 * CHUNK_SIZE]
+                assert await reader.read(2 * CHUNK_SIZE, 10) == data[2 * CHUNK_SIZE:2 * CHUNK_SIZE + 10]
+            finally:
+                reader.close()
+
+    trio.run(main)

@@ -38,7 +38,10 @@ class ChunkCache:
         self._lru[key] = data
         self.used += len(data)
         while self.used > self.budget and len(self._lru):
-            _, evicted = self._lru.popitem(least_recent=True)
+            # peek + del, not popitem(): lru-dict 1.4's popitem leaks a reference to
+            # every value it returns, which kept each evicted chunk alive forever.
+            oldest, evicted = self._lru.peek_last_item()
+            del self._lru[oldest]
             self.used -= len(evicted)
 
     def drop_blob(self, sha: str) -> None:

@@ -156,8 +156,8 @@ class DiskCache:
         target = self.blob_path(sha)
         target.parent.mkdir(mode=0o700, exist_ok=True)
         os.rename(path, target)
-        fsync_dir(target.parent)
-        fsync_dir(path.parent)
+        fsync_dir(target.parent)  # the new name is what must last; a work file left behind by
+        # a power cut (its removal not yet durable) is an orphan that recovery removes
 
     def unseal(self, sha: str, name: str | None, in_use: bool) -> None:
         """Undo ``seal``/``snapshot`` after the commit failed.

@@ -31,6 +31,7 @@ from typing import Any, NoReturn, Protocol, runtime_checkable
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.handlers
 
 from . import providers
 
@@ -316,6 +317,9 @@ class S3Store:
             raise StoreAuthError(f"AWS configuration: {_one_line(exc)}") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise StoreError(f"cannot set up S3 client for bucket {bucket!r}: {_one_line(exc)}") from exc
+        # botocore makes every PUT with a file body wait for "100 Continue": one round trip
+        # more per part and per small object, for a rejection we would only retry anyway.
+        self._client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
         self.endpoint = _public_endpoint(str(self._client.meta.endpoint_url))
         # Multipart uploads whose abort failed (typically during an outage); retried by later
         # check()/put_file() calls so they do not linger until a lifecycle rule removes them.

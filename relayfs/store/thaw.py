@@ -73,16 +73,22 @@ class Thaw:
 
     def next_range(self) -> list[int]:
         """The next run of chunks to fetch: asked-for chunks first, then in order."""
+        limit = RANGE_CHUNKS
         while self.urgent:
             first = self.urgent.pop(0)
             if first in self.pending:
+                # a reader is waiting on this one: fetch it alone, so its GET is as short
+                # as it can be while the other fetchers share the link
+                limit = 1
                 break
         else:
             if not self.pending:
                 return []
             first = self.pending[0]
+            if first == 0:
+                limit = 1  # readers start at the front: the first byte should not wait for more
         run = [first]
-        while len(run) < RANGE_CHUNKS and run[-1] + 1 in self.pending:
+        while len(run) < limit and run[-1] + 1 in self.pending:
             run.append(run[-1] + 1)
         for i in run:
             self.pending.remove(i)

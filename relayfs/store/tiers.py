@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
+import outcome
 import trio
 
 from ..errors import IntegrityError, NoSpace
@@ -52,6 +53,7 @@ class BlobReader:
         self.hashes = chunks
         self.fd: int | None = None
         self.thaw: Thaw | None = None
+        self._next = 0  # the chunk a sequential reader asks for next
 
     def _attach(self) -> None:
         """Pin the L2 file, or join (or start) its thaw."""
@@ -68,8 +70,7 @@ class BlobReader:
         if data is not None:
             return data
         if self.fd is not None:
-            fd, expect = self.fd, self.hashes[index]
-            data = await trio.to_thread.run_sync(self._read_checked, fd, index, expect, limiter=self.tiers.disk)
+            data = await self._from_l2(index)
         else:
             assert self.thaw is not None
             await self.thaw.wait(index)
@@ -78,6 +79,32 @@ class BlobReader:
             )
         self.tiers.l1.put(key, data)
         return data
+
+    async def _from_l2(self, index: int) -> bytes:
+        """Read and check one chunk from L2; a sequential reader gets the next chunk read and
+        checked into L1 at the same time, in a second thread (hashing is most of the cost,
+        and there is a second core for it)."""
+        assert self.fd is not None
+        fd = self.fd
+        ahead = index + 1
+        sequential = index == self._next and ahead < len(self.hashes)
+        self._next = ahead
+        if not sequential or self.tiers.l1.get((self.sha, ahead)) is not None:
+            return await trio.to_thread.run_sync(self._read_checked, fd, index, self.hashes[index], limiter=self.tiers.disk)
+
+        async def read_ahead() -> None:
+            with contextlib.suppress(IntegrityError, OSError):  # the reader meets it when it gets there
+                data = await trio.to_thread.run_sync(self._read_checked, fd, ahead, self.hashes[ahead], limiter=self.tiers.disk)
+                self.tiers.l1.put((self.sha, ahead), data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_ahead)
+            # the caller's own chunk: its error (a corrupt chunk is EIO) must leave as itself,
+            # not wrapped in the nursery's exception group
+            result = await outcome.acapture(
+                trio.to_thread.run_sync, self._read_checked, fd, index, self.hashes[index], limiter=self.tiers.disk
+            )
+        return result.unwrap()
 
     def _read_checked(self, fd: int, index: int, expect: str) -> bytes:
         data = os.pread(fd, self.chunk_size, index * self.chunk_size)
