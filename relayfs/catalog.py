@@ -369,6 +369,18 @@ class Catalog:
         finally:
             cur.close()
 
+    def pending(self, prefix: str = "/") -> tuple[int, list[Job]]:
+        """How many jobs under ``prefix`` are unfinished, and the failed ones: what ``wait``
+        polls, counted in SQL rather than read row by row (there may be tens of thousands)."""
+        where, args = "", ()
+        if prefix != "/":
+            where, args = " AND (path = ? OR substr(path, 1, ?) = ?)", (prefix, len(prefix) + 1, prefix + "/")
+        left = self._r.execute(
+            f"SELECT count(*) FROM jobs WHERE state IN ('queued','running','retrying'){where}", args
+        ).fetchone()[0]
+        failed = self._r.execute(f"SELECT * FROM jobs WHERE state = 'failed'{where} ORDER BY id", args).fetchall()
+        return int(left), [_job(r) for r in failed]
+
     def has_unfinished_jobs(self) -> bool:
         row = self._r.execute("SELECT 1 FROM jobs WHERE state IN ('queued','running','retrying') LIMIT 1").fetchone()
         return row is not None

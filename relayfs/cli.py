@@ -316,10 +316,12 @@ def _jobs_under(path: str) -> tuple[str, list[dict[str, Any]]]:
 
 def _first_failure(rows: list[dict[str, Any]]) -> str | None:
     failed = [j for j in rows if j["state"] == "failed"]
-    if not failed:
-        return None
-    more = f" (and {len(failed) - 1} more failed)" if len(failed) > 1 else ""
-    return f"job {failed[0]['id']} ({failed[0]['path']}) failed: {failed[0]['last_error']}{more}"
+    return _failure(failed[0], len(failed)) if failed else None
+
+
+def _failure(first: dict[str, Any], count: int) -> str:
+    more = f" (and {count - 1} more failed)" if count > 1 else ""
+    return f"job {first['id']} ({first['path']}) failed: {first['last_error']}{more}"
 
 
 def _amount(done: int, total: int) -> str:
@@ -538,16 +540,15 @@ def wait(path: str, timeout: float | None) -> None:
       relayfs wait --timeout 600 ~/relay && relayfs umount ~/relay
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    _, rel, sock = _daemon(path)
     while True:
-        _, rows = _jobs_under(path)
-        failure = _first_failure(rows)
-        if failure:
-            _fail(failure)
-        if all(j["state"] == "done" for j in rows):
+        ans = _ask(sock, "pending", path=rel)
+        if ans["failed"]:
+            _fail(_failure(ans["failed"][0], ans["failed_count"]))
+        if ans["unfinished"] == 0:
             return
         if deadline is not None and time.monotonic() > deadline:
-            left = sum(1 for j in rows if j["state"] != "done")
-            _fail(f"{left} jobs still unfinished after {timeout:.0f}s", 2)
+            _fail(f"{ans['unfinished']} jobs still unfinished after {timeout:.0f}s", 2)
         time.sleep(0.2)
 
 

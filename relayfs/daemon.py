@@ -206,6 +206,10 @@ class Daemon(Engine):
             if prefix != "/":
                 out = [j for j in out if j["path"] == prefix or str(j["path"]).startswith(prefix + "/")]
             return {"jobs": out}
+        if op == "pending":  # what `relayfs wait` polls: cheap however many jobs there are
+            left, failed = self.catalog.pending("/" + str(req.get("path", "")).strip("/"))
+            return {"unfinished": left, "failed": [self.runner.describe(j) for j in failed[:1]],
+                    "failed_count": len(failed)}
         if op == "versions":
             return self.versions(str(req["path"]))
         if op == "refresh":

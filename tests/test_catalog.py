@@ -240,3 +240,20 @@ def test_job_dispatch_reads_only_what_it_starts(tmp_path: Path) -> None:
         assert all(j.id != done_id for j in cat.unfinished_jobs())
     finally:
         cat.close()
+
+
+def test_pending_counts_unfinished_jobs_under_a_path(tmp_path: Path) -> None:
+    async def body(cat: Catalog):
+        d = await cat.mkdir(ROOT_INO, "a", 0o755)
+        for name in ("x", "xy"):
+            draft = await cat.create(d.ino, name, 0o644, f"w{name}")
+            await cat.commit(draft.ino, info((name * 64)[:64].replace("x", "1").replace("y", "2")))
+        assert cat.pending("/")[0] == 5  # mkdir, 2 mkfile, 2 uploads
+        assert cat.pending("/a/x")[0] == 2 and cat.pending("/a/xy")[0] == 2  # its mkfile and upload
+        assert cat.pending("/b") == (0, [])
+        upload = next(j for j in cat.unfinished_jobs() if j.kind == "upload" and j.path == "/a/x/v1")
+        await cat.job_state(upload.id, "failed", error="boom")
+        left, failed = cat.pending("/a/x")
+        assert left == 1 and [j.id for j in failed] == [upload.id]
+
+    run(body, tmp_path)
