@@ -37,6 +37,31 @@ async def fetch_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
     return out
 
 
+def feed_events(
+    keys: list[str], bodies: dict[str, bytes], skip: set[str] | None = None, own: str = ""
+) -> list[tuple[str, layout.NsEvent]]:
+    """The events of the feed objects ``keys``, in feed order, each once: an event put again
+    (a retry after a lost answer, maybe in another batch) keeps its first copy. ``skip``:
+    identities applied before; ``own``: our origin, whose events are already ours."""
+    out: list[tuple[str, layout.NsEvent]] = []
+    taken = set(skip or ())
+    for key in sorted(keys):
+        if key not in bodies:
+            continue
+        try:
+            items = layout.ns_events(key, bodies[key])
+        except layout.BadRecord as e:
+            log.warning("skipping namespace event %r: %s", key, e)
+            continue
+        for label, ev in items:
+            ident = layout.event_identity(label)
+            if ident in taken or (own and ident.startswith(own + "-")):
+                continue
+            taken.add(ident)
+            out.append((label, ev))
+    return out
+
+
 async def rebuild(catalog: Catalog, store: ObjectStore) -> dict[str, int]:
     """Fill an empty catalog from the bucket alone.
 
@@ -65,17 +90,9 @@ async def rebuild(catalog: Catalog, store: ObjectStore) -> dict[str, int]:
             (dead.add((fid, num)) if tomb else live.__setitem__((fid, num), key))
         else:
             log.warning("skipping foreign key %r: RelayFS did not write it", key)
-    good_ns.sort()
     wanted = [k for fn, k in live.items() if fn not in dead]
     bodies = await fetch_all(store, good_ns + wanted)
-    events: list[tuple[str, layout.NsEvent]] = []
-    for key in good_ns:
-        if key not in bodies:
-            continue
-        try:
-            events.append((key, layout.NsEvent.from_json(bodies[key])))
-        except layout.BadRecord as e:
-            log.warning("skipping namespace event %r: %s", key, e)
+    events = feed_events(good_ns, bodies)
     records: dict[str, list[layout.VersionRecord]] = {}
     for (fid, num), key in sorted(live.items()):
         if (fid, num) in dead or key not in bodies:
@@ -92,7 +109,7 @@ async def rebuild(catalog: Catalog, store: ObjectStore) -> dict[str, int]:
             log.warning("skipping version record %r: its blob %s is missing from the bucket", key, rec.sha256[:12])
             continue
         records.setdefault(fid, []).append(rec)
-    counts = await catalog.load_snapshot(events, records, used)
+    counts = await catalog.load_snapshot(events, records, used, seen=good_ns)
     log.info(
         "rebuilt catalog from L3: %d folders, %d files, %d versions (%d events skipped)",
         counts["folders"], counts["files"], counts["versions"], counts["skipped_events"],

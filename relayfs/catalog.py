@@ -23,6 +23,7 @@ this module touches the database; callers get plain ``Node`` and ``Job`` values.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -153,6 +154,7 @@ class Job:
     created: float
     updated: float
     not_before: float
+    note: str = ""  # what happened to it that its user should know (a renumbering)
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class Catalog:
         self.path = path
         self._w = _connect(path)
         self._w.executescript(_SCHEMA)
+        self._migrate()
         self._r = _connect(path)
         self._wlimit = trio.CapacityLimiter(1)
         with_root = self._w.execute("SELECT 1 FROM nodes WHERE ino = ?", (ROOT_INO,)).fetchone()
@@ -214,6 +217,16 @@ class Catalog:
     def close(self) -> None:
         self._r.close()
         self._w.close()
+
+    def _migrate(self) -> None:
+        """Bring a catalog made by an older RelayFS up to date (each step is idempotent)."""
+        c = self._w
+        if "note" not in {r[1] for r in c.execute("PRAGMA table_info(jobs)")}:
+            c.execute("ALTER TABLE jobs ADD COLUMN note TEXT NOT NULL DEFAULT ''")
+        # seen events were once recorded by key only; now also by identity (origin-seq),
+        # which stays the same when an event is put again with a later stamp
+        c.execute("INSERT OR IGNORE INTO seen_events (key) SELECT substr(key, 18, length(key) - 22)"
+                  " FROM seen_events WHERE key LIKE 'ns/%'")
 
     # -- plumbing ----------------------------------------------------------------------
     def _run_txn(self, fn: Callable[..., T], args: tuple[Any, ...], sync: bool = True) -> T:
@@ -380,6 +393,33 @@ class Catalog:
         ).fetchone()[0]
         failed = self._r.execute(f"SELECT * FROM jobs WHERE state = 'failed'{where} ORDER BY id", args).fetchall()
         return int(left), [_job(r) for r in failed]
+
+    def ns_followers(self, head: int, limit: int) -> list[Job]:
+        """The namespace events queued behind ``head``, oldest first (at most ``limit``)."""
+        rows = self._r.execute(
+            "SELECT * FROM jobs WHERE kind = 'ns' AND state IN ('queued','retrying') AND id > ? ORDER BY id LIMIT ?",
+            (head, limit),
+        ).fetchall()
+        return [_job(r) for r in rows]
+
+    async def jobs_done(self, ids: list[int]) -> None:
+        await self._write_light(lambda c: c.executemany(
+            "UPDATE jobs SET state = 'done', last_error = '', updated = ? WHERE id = ?", [(time.time(), i) for i in ids]))
+        self._notify()
+
+    def chain_heads(self) -> Iterator[Job]:
+        """The oldest unfinished job of each chain (namespace events form one chain, each
+        file another), oldest first, read lazily: the runner can start nothing else, and a
+        backlog of thousands of events behind one head costs nothing to skip."""
+        cur = self._r.execute(
+            "SELECT * FROM jobs WHERE id IN (SELECT min(id) FROM jobs WHERE state IN ('queued','running','retrying')"
+            " GROUP BY CASE WHEN kind = 'ns' THEN 'ns' ELSE coalesce(file_id, 'job' || id) END) ORDER BY id"
+        )
+        try:
+            for row in cur:
+                yield _job(row)
+        finally:
+            cur.close()
 
     def has_unfinished_jobs(self) -> bool:
         row = self._r.execute("SELECT 1 FROM jobs WHERE state IN ('queued','running','retrying') LIMIT 1").fetchone()
@@ -673,9 +713,15 @@ class Catalog:
 
     # -- jobs --------------------------------------------------------------------------
     async def job_state(
-        self, job_id: int, state: str, *, attempts: int | None = None, error: str | None = None, not_before: float = 0.0
+        self, job_id: int, state: str, *, attempts: int | None = None, error: str | None = None, not_before: float = 0.0,
+        then: layout.NsEvent | None = None,
     ) -> None:
+        """Record a job's state; ``then``: an event to queue in the same transaction (the
+        change feed's "version"/"drop" once a record or tombstone has landed)."""
+
         def tx(c: sqlite3.Connection) -> None:
+            if then is not None:
+                self._ns(c, then)
             sets = ["state = ?", "updated = ?", "not_before = ?"]
             vals: list[Any] = [state, time.time(), not_before]
             if attempts is not None:
@@ -749,13 +795,15 @@ class Catalog:
         return self._r.execute("SELECT count(*) FROM nodes").fetchone()[0] <= 1 and self.meta("rebuilt") is None
 
     async def load_snapshot(
-        self, events: list[tuple[str, layout.NsEvent]], records: dict[str, list[layout.VersionRecord]], used: dict[str, int]
+        self, events: list[tuple[str, layout.NsEvent]], records: dict[str, list[layout.VersionRecord]], used: dict[str, int],
+        seen: Iterable[str] = (),
     ) -> dict[str, int]:
         """Fill an empty catalog from what the bucket holds.
 
-        ``events`` are namespace events in key order, ``records`` the live version records
-        of each file id, ``used`` the highest version number ever used per file id (also by
-        deleted versions, so numbers are never reused). Returns counts of what was loaded.
+        ``events`` are namespace events in feed order, labelled as ``layout.ns_events`` does,
+        ``records`` the live version records of each file id, ``used`` the highest version
+        number ever used per file id (also by deleted versions, so numbers are never reused),
+        ``seen`` the feed objects read. Returns counts of what was loaded.
         """
 
         def tx(c: sqlite3.Connection) -> dict[str, int]:
@@ -848,7 +896,7 @@ class Catalog:
                     log.warning("skipping version record %r: no file in the namespace has id %s", layout.record_key(fid, rec.num), fid)
             if events:
                 self._set_meta(c, "ns_last", events[-1][0])
-            c.executemany("INSERT OR IGNORE INTO seen_events (key) VALUES (?)", [(k,) for k, _ in events])
+            self._mark_seen(c, [layout.event_identity(k) for k, _ in events] + list(seen))
             self._set_meta(c, "rebuilt", str(time.time()))
             return counts
 
@@ -856,7 +904,53 @@ class Catalog:
 
     # -- changes other clients made (see sync.py) ----------------------------------------
     def seen_events(self) -> set[str]:
+        """The feed as far as it was read: identities (``layout.event_identity``) of events
+        applied or skipped, and the keys of the feed objects fetched."""
         return {r[0] for r in self._r.execute("SELECT key FROM seen_events")}
+
+    def seen_of(self, items: list[str]) -> set[str]:
+        """Which of ``items`` (event identities, feed object keys) were seen before."""
+        out: set[str] = set()
+        for i in range(0, len(items), 500):
+            part = items[i:i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(r[0] for r in self._r.execute(f"SELECT key FROM seen_events WHERE key IN ({marks})", part))
+        return out
+
+    @staticmethod
+    def _mark_seen(c: sqlite3.Connection, items: list[str]) -> None:
+        c.executemany("INSERT OR IGNORE INTO seen_events (key) VALUES (?)", [(k,) for k in items])
+
+    async def renumber(self, job_id: int, floor: int) -> tuple[int, str, str]:
+        """Give the pending version of an upload job whose number another machine took the
+        next free number (at least ``floor``, past every number used here), and point the
+        job at its new record. Returns (vfile ino, old name, new name)."""
+
+        def tx(c: sqlite3.Connection) -> tuple[int, str, str]:
+            job = _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            assert job.file_id and job.num and job.body is not None
+            vfile = c.execute("SELECT * FROM nodes WHERE kind = 'vfile' AND file_id = ?", (job.file_id,)).fetchone()
+            top = c.execute("SELECT coalesce(max(num), 0) FROM nodes WHERE kind = 'version' AND file_id = ?",
+                            (job.file_id,)).fetchone()[0]
+            new = max(floor, top + 1, vfile["next_num"] if vfile is not None else 0)
+            old_name, new_name = f"v{job.num}", f"v{new}"
+            c.execute("UPDATE nodes SET num = ?, name = ? WHERE kind = 'version' AND file_id = ? AND num = ?",
+                      (new, new_name, job.file_id, job.num))
+            c.execute("UPDATE nodes SET next_num = max(next_num, ?) WHERE kind = 'vfile' AND file_id = ?",
+                      (new + 1, job.file_id))
+            rec = layout.VersionRecord.from_json(job.body)
+            body = dataclasses.replace(rec, num=new).to_json()
+            path = job.path.rpartition("/")[0] + "/" + new_name
+            note = f"renumbered from {old_name}: another workstation committed {old_name} first"
+            c.execute("UPDATE jobs SET num = ?, key = ?, body = ?, path = ?, note = ? WHERE id = ?",
+                      (new, layout.record_key(job.file_id, new), body, path, note, job_id))
+            c.execute("UPDATE jobs SET num = ?, path = ?, key = ? WHERE kind = 'delete' AND file_id = ? AND num = ?"
+                      " AND state != 'done'", (new, path, layout.tombstone_key(job.file_id, new), job.file_id, job.num))
+            return (vfile["ino"] if vfile is not None else 0), old_name, new_name
+
+        result = await self._write(tx)
+        self._notify()
+        return result
 
     def known_versions(self) -> dict[str, set[int]]:
         """Per file id, the version numbers this catalog holds or is deleting."""
@@ -882,10 +976,10 @@ class Catalog:
     ) -> tuple[dict[str, int], list[tuple[int, str]]]:
         """Apply what other clients wrote to L3 to this live catalog, in one transaction.
 
-        ``events`` are namespace events not seen before, in key order; ``records`` live
-        version records this catalog lacks; ``tombstones`` versions removed elsewhere;
-        ``used`` the highest number used per file id; ``seen`` every event key read (also
-        unusable ones), never applied again. An event that does not fit the local
+        ``events`` are namespace events not seen before, in feed order (labelled as
+        ``layout.ns_events`` does); ``records`` live version records this catalog lacks;
+        ``tombstones`` versions removed elsewhere; ``used`` the highest number used per file
+        id; ``seen`` every feed object key read (also unusable ones), never fetched again. An event that does not fit the local
         tree (a name taken here meanwhile, a folder not empty here) is skipped with a
         WARNING. Returns counts and the (parent ino, name) entries the kernel must forget.
         """
@@ -893,8 +987,10 @@ class Catalog:
         def tx(c: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[int, str]]]:
             counts = {"events": 0, "versions": 0, "removed": 0, "skipped": 0}
             gone: list[tuple[int, str]] = []
-            c.executemany("INSERT OR IGNORE INTO seen_events (key) VALUES (?)", [(k,) for k in seen])
+            self._mark_seen(c, [layout.event_identity(k) for k, _ in events] + list(seen))
             for key, ev in events:
+                if ev.op in layout.VERSION_OPS:  # carried out through the records they name
+                    continue
                 why = self._apply_event(c, ev, gone)
                 if why:
                     log.warning("skipping namespace event %r from another client: %s", key, why)
@@ -921,6 +1017,7 @@ class Catalog:
                     sha256=rec.sha256, size=rec.size, mtime_ns=rec.mtime_ns, mode=VERSION_MODE,
                 )
                 c.execute("UPDATE nodes SET mtime_ns = max(mtime_ns, ?) WHERE ino = ?", (rec.mtime_ns, vfile["ino"]))
+                gone.append((vfile["parent"], vfile["name"]))  # its attributes and `latest` changed
                 counts["versions"] += 1
             for fid, num in sorted(tombstones):
                 row = c.execute(

@@ -33,7 +33,7 @@ from .jobs import JobRunner
 from .store import layout
 from .store.l1 import ChunkCache
 from .store.l2 import BlobInfo, DiskCache
-from .store.l3 import ObjectStore, StoreError, make_store
+from .store.l3 import ObjectStore, StoreError, StoreUnavailable, make_store
 from .store.thaw import Thawer
 from .store.tiers import BlobReader, Tiers
 
@@ -104,8 +104,9 @@ class Engine:
             retry_base=config.retry_base_seconds, retry_max=config.retry_max_seconds,
         )
         self.invalidate: Callable[[int, str], None] = lambda parent, name: None
+        self.runner.invalidate = lambda parent, name: self.invalidate(parent, name)
         self._refreshing = trio.Lock()  # one refresh at a time: two would fetch the same records
-        self._bad_records: set[str] = set()  # found unusable once: not fetched again
+        self.poller = sync.Poller(self.catalog, self.store)
 
     async def prepare(self) -> None:
         """Reach L3, rebuild an empty catalog from it, tidy what a crash left (recovery.py),
@@ -113,9 +114,14 @@ class Engine:
         try:
             await trio.to_thread.run_sync(self.store.check)
         except StoreError as e:
-            raise StartError(str(e)) from None
-        if self.catalog.is_empty():
-            await bucket.rebuild(self.catalog, self.store)
+            # nothing to work from (the namespace is in L3), or L3 answered but refused us
+            if self.catalog.is_empty() or not isinstance(e, StoreUnavailable):
+                raise StartError(str(e)) from None
+            log.warning("L3 is unreachable (%s): working from the cache; changes go up and other "
+                        "machines' changes come in once it is back", e)
+        else:
+            if self.catalog.is_empty():
+                await bucket.rebuild(self.catalog, self.store)
         await recovery.recover(self.catalog, self.l2)
         n = await self.catalog.requeue_interrupted()
         if n:
@@ -162,11 +168,13 @@ class Engine:
                 log.exception("poll of L3 failed")
 
     # -- operations ---------------------------------------------------------------------
-    async def refresh(self) -> dict[str, int]:
-        """Pick up versions, files and folders other clients wrote to L3 (sync.py)."""
+    async def refresh(self, full: bool | None = None) -> dict[str, int]:
+        """Pick up versions, files and folders other clients wrote to L3 (sync.py): with
+        ``full`` everything they ever wrote that is missing here, else only the change feed
+        since the last poll; by default the first poll is full and later ones are not."""
         async with self._refreshing:
-            counts, gone = await sync.refresh(self.catalog, self.store, self._bad_records)
-        for parent, name in gone:
+            counts, changed = await self.poller.poll(full=self.poller.polls == 0 if full is None else full)
+        for parent, name in changed:
             self.invalidate(parent, name)
         return counts
 

@@ -4,7 +4,11 @@ The journal is the ``jobs`` table of the catalog, so a job exists as soon as the
 transaction that made it commits, and a restart finds it again. ``JobRunner.run`` is one
 trio task that starts a worker task per runnable job, at most ``upload_concurrency`` at
 once. Jobs of one file run one at a time, in the order they were made (a delete never
-overtakes the upload of the same version); namespace events form one such chain of their own. Blob uploads and blob deletes of one SHA-256
+overtakes the upload of the same version); namespace events form one such chain of their
+own, put in batches (the head of the chain takes the events queued behind it along), and a
+file's upload or delete queues its "version"/"drop" event on that chain once its record or
+tombstone has landed. An upload whose version number another machine took first gets the
+next free number (``_renumber``) and goes again. Blob uploads and blob deletes of one SHA-256
 hold that SHA's lock, so a delete cannot remove bytes another file's upload relies on.
 An upload job that ran before (it may have died with a ``kill -9``'ed daemon) first aborts
 the multipart uploads still open for its blob key, so a crash leaves no orphaned parts.
@@ -38,6 +42,14 @@ log = logging.getLogger(__name__)
 
 class PermanentJobError(Exception):
     """A job that retrying cannot fix (its local bytes are gone or wrong, a clash)."""
+
+
+class NumberTaken(Exception):
+    """Another machine's record holds this version's number."""
+
+    def __init__(self, theirs: layout.VersionRecord) -> None:
+        super().__init__(f"v{theirs.num} is taken by another workstation")
+        self.theirs = theirs
 
 
 @dataclass
@@ -80,27 +92,25 @@ class JobRunner:
         self.l3_ok: bool | None = None
         self.l3_error = ""
         self.stopped: dict[str, str] = {}  # sha -> why its uploads must fail (fsck: its only copy is bad)
+        self._last_stamp = 0  # ms of the last event put: stamps only grow, as seq does
+        self.invalidate: Callable[[int, str], None] = lambda parent, name: None  # set by the engine
 
     # -- dispatch ----------------------------------------------------------------------
     def runnable(self, now: float, limit: int) -> tuple[list[Job], float | None]:
         """Up to ``limit`` jobs to start now, and when the next backed-off job becomes due.
 
-        The journal is read lazily and the scan stops at ``limit``: with thousands of jobs
-        queued, each wake-up costs what it starts, not the whole backlog (``next_due`` is
-        then unknown, but a finishing job wakes the loop anyway).
+        Only the head of each chain is read, lazily, and the scan stops at ``limit``: with
+        thousands of jobs queued, each wake-up costs what it starts, not the whole backlog
+        (``next_due`` is then unknown, but a finishing job wakes the loop anyway).
         """
-        busy_files: set[str] = set()
         ready: list[Job] = []
         next_due: float | None = None
         if limit <= 0:
             return ready, next_due
-        for job in self.catalog.unfinished_jobs():
-            # one chain per file (a delete never overtakes its upload), and one for namespace
-            # events (uploaded in key order, so a poller listing after a key misses none)
-            key = "ns" if job.kind == "ns" else (job.file_id or f"job{job.id}")
-            blocked = key in busy_files
-            busy_files.add(key)
-            if blocked or job.id in self._running:
+        # one chain per file (a delete never overtakes its upload), and one for namespace
+        # events (put in order, so a poller sees one writer's events in order): only heads run
+        for job in self.catalog.chain_heads():
+            if job.id in self._running:
                 continue
             if job.not_before > now:
                 next_due = job.not_before if next_due is None else min(next_due, job.not_before)
@@ -140,15 +150,21 @@ class JobRunner:
         attempts = job.attempts + 1
         self.progress[job.id] = Progress()
         await self.catalog.job_state(job.id, "running", attempts=attempts)
+        then: layout.NsEvent | None = None
         try:
             if job.kind == "upload":
                 await self._upload(job)
+                then = self._landed("version", job)
             elif job.kind == "ns":
                 await self._put_event(job)
             elif job.kind == "delete":
                 await self._delete(job)
+                then = self._landed("drop", job)
             else:
                 raise PermanentJobError(f"unknown job kind {job.kind!r}")
+        except NumberTaken as e:  # not a failure: the version moves to the next free number
+            await self._renumber(job, e)
+            await self.catalog.job_state(job.id, "queued", error="")
         except (PermanentJobError, IntegrityError) as e:
             log.error("job %d (%s %s) failed: %s", job.id, job.kind, job.path, e)
             await self.catalog.job_state(job.id, "failed", error=str(e))
@@ -164,9 +180,35 @@ class JobRunner:
             await self.catalog.job_state(job.id, "retrying", error=reason, not_before=time.time() + delay)
         else:
             self.l3_ok, self.l3_error = True, ""
-            await self.catalog.job_state(job.id, "done", error="")
+            await self.catalog.job_state(job.id, "done", error="", then=then)
         finally:
             self.progress.pop(job.id, None)
+
+    @staticmethod
+    def _landed(op: str, job: Job) -> layout.NsEvent:
+        """The change-feed event telling other machines a record or tombstone is in L3."""
+        assert job.file_id and job.num
+        return layout.NsEvent(op, job.path.strip("/").rpartition("/")[0], file_id=job.file_id, num=job.num)
+
+    async def _renumber(self, job: Job, taken: "NumberTaken") -> None:
+        """Another machine landed this version's number first: take the next free one and
+        pick up theirs, so that neither version is lost and no number means two contents."""
+        assert job.file_id
+        prefix = f"records/{job.file_id}/"
+        keys = await trio.to_thread.run_sync(lambda: list(self.store.list(prefix)), limiter=self.io)
+        used = [0]
+        for key in keys:
+            try:
+                used.append(layout.parse_record_key(key)[1])
+            except layout.BadRecord:
+                continue
+        vfile, old, new = await self.catalog.renumber(job.id, max(used) + 1)
+        log.warning("%s: %s was committed by another workstation first; this version is now %s",
+                    job.path.rpartition("/")[0], old, new)
+        await self.catalog.merge_remote([], [taken.theirs], set(), {job.file_id: max(used)}, seen=[])
+        if vfile:
+            self.invalidate(vfile, old)
+            self.invalidate(vfile, new)
 
     async def _l3(self, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.io)
@@ -198,8 +240,12 @@ class JobRunner:
         if not created:
             existing = await self._l3(self.store.get_bytes, job.key)
             assert isinstance(existing, bytes)
-            if layout.VersionRecord.from_json(existing).sha256 != sha:
-                raise PermanentJobError(f"{job.key} already holds different contents")
+            try:
+                theirs = layout.VersionRecord.from_json(existing)
+            except layout.BadRecord as e:
+                raise PermanentJobError(f"{job.key} already holds something else: {e}") from None
+            if theirs.sha256 != sha or layout.record_key(theirs.file_id, theirs.num) != job.key:
+                raise NumberTaken(theirs)
 
     async def _abort_leftovers(self, key: str) -> None:
         """Abort multipart uploads of ``key`` that an earlier attempt left open.
@@ -237,9 +283,18 @@ class JobRunner:
             os.close(fd)
 
     async def _put_event(self, job: Job) -> None:
+        """Put one event, and with it the events queued behind it (one object, one round
+        trip), stamped now: a poller lists only recent stamps, so an event that waited out
+        an outage must not carry the time it was queued."""
         assert job.key and job.body is not None
-        await self._l3(self.store.put_bytes, job.key, job.body, if_absent=True)
+        batch = [job, *self.catalog.ns_followers(job.id, layout.NS_BATCH_MAX - 1)]
+        body = job.body if len(batch) == 1 else layout.ns_batch([(int(j.key[-13:-5]), j.body) for j in batch])  # type: ignore[index,misc]
+        stamp = max(int(time.time() * 1000), self._last_stamp + 1)
+        self._last_stamp = stamp
+        await self._l3(self.store.put_bytes, layout.ns_restamp(job.key, stamp), body, if_absent=True)
         self.progress[job.id].add(len(job.body))
+        if len(batch) > 1:
+            await self.catalog.jobs_done([j.id for j in batch[1:]])
 
     async def _delete(self, job: Job) -> None:
         assert job.key and job.sha256
@@ -279,6 +334,7 @@ class JobRunner:
             "percent": pct,
             "attempts": job.attempts,
             "last_error": job.last_error,
+            "note": job.note,
             "created": _iso(job.created),
             "updated": _iso(job.updated),
         }

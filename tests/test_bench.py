@@ -106,3 +106,21 @@ def test_bench_quick_runs_the_peers(tmp_path: Path) -> None:
     stdout, _, figures = run_bench(tmp_path, "--systems", ",".join(systems), "--only", "W1,W2,W3", timeout=900)
     check_table(stdout, systems, ("W1", "W2", "W3"), everywhere=None)
     assert not figures["unavailable"], figures["unavailable"]
+
+
+def test_pollbench_reports_poll_cost_per_bucket_size() -> None:
+    """The poll-cost benchmark runs and prints one row per bucket size; an idle poll is one
+    LIST request whatever the size (a count, not a time: nothing here asserts on speed)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pollbench.py"), "--sizes", "50,400", "--reps", "1"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    rows = [line for line in done.stdout.splitlines() if re.match(r"^\| [0-9,]+ \|", line)]
+    assert [r.split("|")[1].strip() for r in rows] == ["50", "400"], done.stdout
+    for row in rows:
+        idle = row.split("|")[4]
+        assert re.fullmatch(r" 1 requests, [0-9]+ ms ", idle), row
+        after = row.split("|")[5]
+        assert int(after.split()[0]) >= 10 + 2, row  # a LIST, the new events (batched) and the 10 records
+    assert "ERROR" not in done.stderr, done.stderr[-4000:]

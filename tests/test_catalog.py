@@ -195,7 +195,8 @@ def test_merge_remote_applies_other_clients_changes_and_skips_clashes(tmp_path: 
         assert (mine.ino, v1.name) in gone and (ROOT_INO, "shared") in gone
         assert cat.lookup(ROOT_INO, "mine.txt").file_id == mine.file_id  # the clash was skipped
         assert (await cat.commit(mine.ino, info(SHA_A))).num == 4  # after the highest number used anywhere
-        assert set(seen) <= cat.seen_events()
+        assert cat.seen_events() == set(seen) | {f"0ther000-0000000{i}" for i in range(1, 5)}  # objects and events
+        assert cat.seen_of([seen[0], "0ther000-00000004", "0ther000-00000009"]) == {seen[0], "0ther000-00000004"}
 
     run(body, tmp_path)
 
@@ -257,3 +258,40 @@ def test_pending_counts_unfinished_jobs_under_a_path(tmp_path: Path) -> None:
         assert left == 1 and [j.id for j in failed] == [upload.id]
 
     run(body, tmp_path)
+
+def test_renumber_moves_a_pending_version_past_the_numbers_taken(tmp_path: Path) -> None:
+    """Another machine landed v2 first: ours becomes v4 (v3 is taken in L3 too), its job
+    now writes v4's record, says why, and their v2 can then be merged in."""
+    async def body(cat: Catalog):
+        draft = await cat.create(ROOT_INO, "f.txt", 0o644, "w")
+        await cat.commit(draft.ino, info(SHA_A))
+        vfile = cat.lookup(ROOT_INO, "f.txt")
+        v2 = await cat.commit(vfile.ino, info(SHA_B))
+        job = next(j for j in cat.unfinished_jobs() if j.kind == "upload" and j.num == 2)
+        parent, old, new = await cat.renumber(job.id, 4)
+        assert (parent, old, new) == (vfile.ino, "v2", "v4")
+        assert [v.num for v in cat.versions(vfile.ino)] == [1, 4] and cat.head(vfile.ino).ino == v2.ino
+        moved = cat.job(job.id)
+        assert moved.num == 4 and moved.key == layout.record_key(vfile.file_id, 4)
+        assert layout.VersionRecord.from_json(moved.body).num == 4 and moved.path == "/f.txt/v4"
+        assert "renumbered from v2" in moved.note
+        counts, _ = await cat.merge_remote([], [_rec(vfile.file_id, 2, SHA_A)], set(), {vfile.file_id: 3}, seen=[])
+        assert counts["versions"] == 1 and [v.num for v in cat.versions(vfile.ino)] == [1, 2, 4]
+        assert (await cat.commit(vfile.ino, info(SHA_A))).num == 5
+
+    run(body, tmp_path)
+
+
+def test_seen_events_of_an_older_catalog_become_identities(tmp_path: Path) -> None:
+    import sqlite3
+
+    Catalog(tmp_path / "catalog.db").close()
+    db = sqlite3.connect(tmp_path / "catalog.db")
+    db.execute("INSERT INTO seen_events (key) VALUES ('ns/0000000000007-abcdef01-00000009.json')")
+    db.commit()
+    db.close()
+    cat = Catalog(tmp_path / "catalog.db")
+    try:
+        assert cat.seen_events() == {"abcdef01-00000009", "ns/0000000000007-abcdef01-00000009.json"}
+    finally:
+        cat.close()

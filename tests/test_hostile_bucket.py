@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from relayfs.store import layout
 from mount import relayfs, sh
 
 MiB = 1024 * 1024
@@ -63,9 +64,9 @@ def test_hostile_keys_are_skipped_and_nothing_escapes(make_mount, bucket: str, s
     a.wait()
     good = snapshot(a.path)
     client = s3_server.client()
-    events = [client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-              for o in client.list_objects_v2(Bucket=bucket, Prefix="ns/")["Contents"]]
-    fid_a = next(json.loads(e)["file_id"] for e in events if json.loads(e)["path"] == "docs/a.txt")
+    events = [ev for o in client.list_objects_v2(Bucket=bucket, Prefix="ns/")["Contents"]
+              for _, ev in layout.ns_events(o["Key"], client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())]
+    fid_a = next(ev.file_id for ev in events if ev.op == "mkfile" and ev.path == "docs/a.txt")
     a.stop()
 
     b = make_mount(f"s3://{bucket}", start=False)

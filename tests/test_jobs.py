@@ -14,7 +14,7 @@ from mount import Mount, poll, relayfs, sh
 
 FIELDS = (
     "id", "kind", "path", "version", "state", "bytes_done", "bytes_total", "percent",
-    "attempts", "last_error", "created", "updated",
+    "attempts", "last_error", "note", "created", "updated",
 )
 STATES = {"queued", "running", "retrying", "done", "failed"}
 
@@ -52,6 +52,7 @@ def blob_in_bucket(s3_server, m: Mount, version: Path) -> bytes:  # type: ignore
 
 def test_jobs_dir_lists_one_entry_per_job(mnt: Mount) -> None:
     sh("mkdir d && echo one > a.txt && echo two > b.txt && echo three > d/c.txt", cwd=mnt.path)
+    relayfs("wait", str(mnt.path))  # each landed upload adds a job (its feed event): let them all be made
     listed = sorted(os.listdir(mnt.path / ".jobs"), key=int)
     assert len(listed) == len(set(listed))
     jobs = {name: read_job(mnt, name) for name in listed}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from relayfs import errors
@@ -76,3 +78,42 @@ def test_bucket_content_is_never_coerced() -> None:
     assert layout.is_blob_key(layout.blob_key(SHA))
     for key in (f"blobs/dd/{SHA}", f"blobs/cc/{SHA}.tmp", "blobs/cc/x", f"blobs/{SHA}"):
         assert not layout.is_blob_key(key)
+
+
+def test_version_events_name_a_landed_record_and_restamp_keeps_identity() -> None:
+    fid = "a" * 32
+    ev = layout.NsEvent("version", "docs/f.txt", file_id=fid, num=3)
+    assert layout.NsEvent.from_json(ev.to_json()) == ev
+    for bad in ({"num": 0}, {"num": -1}, {"file_id": "x"}):
+        body = {"format": 1, "op": "drop", "path": "f", "file_id": fid, "num": 2, **bad}
+        with pytest.raises(layout.BadRecord):
+            layout.NsEvent.from_json(json.dumps(body).encode())
+    key = layout.ns_key("0123abcd", 42, now=1.5)
+    later = layout.ns_restamp(key, 1_800_000_000_000)
+    assert layout.is_ns_key(later) and later > key and layout.ns_ms(later) == 1_800_000_000_000
+    assert layout.ns_identity(key) == layout.ns_identity(later) == "0123abcd-00000042"
+    assert layout.ns_after(1500) < key < layout.ns_after(1501)
+
+
+def test_a_batch_of_events_is_one_object_and_a_regrouped_retry_applies_each_event_once() -> None:
+    from relayfs.bucket import feed_events
+
+    fid = "b" * 32
+    singles = [(7, layout.NsEvent("mkdir", "d").to_json()), (8, layout.NsEvent("mkfile", "d/f", file_id=fid).to_json()),
+               (9, layout.NsEvent("version", "d/f", file_id=fid, num=1).to_json())]
+    first = layout.ns_key("0123abcd", 7, now=10.0)
+    got = layout.ns_events(first, layout.ns_batch(singles[:2]))
+    assert [(layout.event_identity(label), ev.op) for label, ev in got] == [("0123abcd-00000007", "mkdir"), ("0123abcd-00000008", "mkfile")]
+    # the answer to that PUT was lost; the retry, stamped later, carries one event more
+    retry = layout.ns_restamp(first, 20_000)
+    other = layout.ns_key("99999999", 1, now=15.0)
+    bodies = {first: layout.ns_batch(singles[:2]), retry: layout.ns_batch(singles), other: layout.NsEvent("mkdir", "e").to_json()}
+    events = feed_events([retry, other, first], bodies)
+    assert [ev.path for _, ev in events] == ["d", "d/f", "e", "d/f"]  # key order; each event once
+    assert [ev.op for _, ev in events][-1] == "version"
+    assert feed_events([retry, other], bodies, own="0123abcd") == [(other, layout.NsEvent("mkdir", "e"))]
+    for bad in (b'{"format":2,"events":[]}', b'{"format":2,"events":[{"seq":6,"op":"mkdir","path":"x"}]}',
+                b'{"format":2,"events":[{"seq":8,"op":"mkdir","path":"x"},{"seq":8,"op":"mkdir","path":"y"}]}',
+                b'{"format":2,"events":"no"}'):
+        with pytest.raises(layout.BadRecord):
+            layout.ns_events(first, bad)

@@ -152,7 +152,7 @@ def test_jobs_follow_redraws_in_place_on_a_terminal_and_exits_1_when_a_job_fails
     out = Output(lambda: os.read(master, 65536))
     try:
         poll(lambda: re.search(r"\x1b\[\d+A", out.text), "the live area to be redrawn in place", 60)
-        assert "/doomed.bin/v1" in out.text and "retrying" in out.text
+        poll(lambda: "/doomed.bin/v1" in out.text and "retrying" in out.text, "the retrying upload to be shown", 60)
         # its only copy disappears: the next attempt fails for good
         m.expect_error(r"job \d+ \(upload /doomed\.bin/v1\) failed: bytes of /doomed\.bin/v1 are missing")
         sha = sha_of(m.path / "doomed.bin" / "v1")
@@ -265,8 +265,10 @@ def test_rollback_puts_only_a_record(make_mount, bucket: str, proxy: FaultProxy,
     relayfs("rollback", str(m.path / "f.bin"), "v1")
     m.wait()
     puts = [target for method, target, _ in proxy.log[seen:] if method == "PUT"]
-    assert proxy.counts["PUT"] - puts_before == 1 and len(puts) == 1, puts
-    assert "/records/" in puts[0] and puts[0].split("?")[0].endswith("/v0000000003.json")  # the record, no bytes
+    # the record (no bytes), then its event in the change feed telling other machines
+    assert proxy.counts["PUT"] - puts_before == 2 and len(puts) == 2, puts
+    assert "/records/" in puts[0] and puts[0].split("?")[0].endswith("/v0000000003.json")
+    assert "/ns/" in puts[1]
     assert not [t for method, t, _ in proxy.log[seen:] if "/blobs/" in t and method in ("PUT", "POST")]
     assert bucket_keys(s3_server, bucket, "blobs/") == blobs_before
     assert (m.path / "f.bin" / "v3").read_bytes() == data
@@ -362,6 +364,7 @@ def test_prune_older_than_needs_every_rule_to_agree(mnt: Mount) -> None:
 
 def test_prune_refuses_bad_arguments_in_one_line(mnt: Mount) -> None:
     commit_versions(mnt.path / "f.txt", 3)
+    mnt.wait()  # a landed upload adds a job (its feed event): let them all be made first
     before = tree(mnt.path)
     jobs = sorted(os.listdir(mnt.path / ".jobs"))
     for args, pattern in [

@@ -50,21 +50,28 @@ def test_a_repeated_write_of_one_name_survives_storj_throttling(  # type: ignore
     kind: str, make_mount, bucket: str, storj: FaultProxy, s3_server, fast_retry
 ) -> None:
     """The answer to the first PUT of a blob, version record or namespace event is lost, so
-    the client writes the same name again at once: the gateway throttles that with 503
-    SlowDown, and the job must still end ``done`` with the right bytes in the bucket."""
+    the client writes it again at once: a blob or record under the same name, which the
+    gateway throttles with 503 SlowDown; an event too when botocore retries it, and under a
+    later stamp (a new name: pollers list recent stamps) when the job is tried again, which
+    a reader applies once. Every job must still end ``done`` with the right bytes in the
+    bucket."""
     storj.write_interval = 3600.0  # every rewrite is throttled until the test lets time pass
     storj.drop_answer(method="PUT", contains=f"/{kind}/", count=1)
     m: Mount = make_mount(f"storj://{bucket}", endpoint=storj.endpoint)
     data = os.urandom(100_000)
     (m.path / "a.bin").write_bytes(data)
-    poll(lambda: storj.refusals["SlowDown"] >= 1, f"a rewrite of a {kind}/ object to be throttled")
+    if kind != "ns":
+        poll(lambda: storj.refusals["SlowDown"] >= 1, f"a rewrite of a {kind}/ object to be throttled")
     storj.write_interval = 1.0  # the gateway's real pace from now on
     poll(lambda: all_jobs_done(m), "every job to finish despite the throttling")
     job = wait_state(m, job_of(m.path / "a.bin" / "v1"), lambda j: j["state"] == "done", "to be done")
     assert job["last_error"] == ""
     assert bucket_blob(s3_server, bucket, m.path / "a.bin" / "v1") == data
-    tries = [target for method, target, _ in storj.log if method == "PUT" and f"/{kind}/" in target]
-    assert len(tries) >= 2 and len(set(tries)) == 1  # one name, written again after the lost answer
+    tries = [target.split("?")[0] for method, target, _ in storj.log if method == "PUT" and f"/{kind}/" in target]
+    if kind == "ns":  # the first event went again (botocore's retry: same name; ours: a later stamp)
+        assert len([t for t in tries if t.endswith("-00000001.json")]) >= 2, tries
+    else:
+        assert len(tries) >= 2 and len(set(tries)) == 1  # one name, written again after the lost answer
     assert storj.client_errors() == Counter()
     fresh = make_mount(f"storj://{bucket}", endpoint=storj.endpoint)  # the bucket alone says the same
     assert (fresh.path / "a.bin" / "v1").read_bytes() == data

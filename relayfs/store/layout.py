@@ -5,12 +5,18 @@ Bucket layout (all keys below the configured prefix)::
     blobs/<sha[:2]>/<sha256>                  file contents, content-addressed: stored once
     records/<file_id>/v<NNNNNNNNNN>.json      one small record per version, put-if-absent
     records/<file_id>/v<NNNNNNNNNN>.deleted   tombstone: version removed, number stays used
-    ns/<ms>-<origin>-<seq>.json               namespace events (mkdir, mkfile, rename, ...)
+    ns/<ms>-<origin>-<seq>.json               the change feed: namespace events (mkdir,
+                                              mkfile, rename, ...) and, once its record
+                                              landed, each version ("version") and each
+                                              tombstone ("drop")
 
 No object is ever rewritten: every commit adds a record (and a blob unless the bytes are
 already there), every namespace change adds an event. A fresh machine rebuilds its catalog by
-replaying ``ns/`` in key order and reading ``records/``; the event keys sort by time, so a
-later poller can list from the last key it saw.
+replaying ``ns/`` in key order and reading ``records/``. An event's ``<ms>`` is the writer's
+clock when it was put (not when it was queued), and one writer puts its events one at a
+time, in ``<seq>`` order; so another machine polls by listing only the keys after the last
+time it saw, less a look-back for clock skew, and recognises an event put twice (a retry
+whose first answer was lost) by its ``<origin>-<seq>``, which never changes.
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ _RECORD_RE = re.compile(r"^records/([0-9a-f]{32})/v([0-9]{10})\.(json|deleted)$"
 _NS_RE = re.compile(r"^ns/[0-9]{13}-[0-9a-f]{8}-[0-9]{8}\.json$")
 _BLOB_RE = re.compile(r"^blobs/([0-9a-f]{2})/([0-9a-f]{64})$")
 MTIME_NS_MAX = 2**63 - 1  # what SQLite's INTEGER (and st_mtime) can hold
+VERSION_MAX = 9_999_999_999  # ten digits in a record key
 CHUNK_SIZE_MIN = 4096
 CHUNK_SIZE_MAX = 64 * 1024 * 1024  # a hostile record cannot make a reader allocate more per chunk
 
-NS_OPS = frozenset({"mkdir", "rmdir", "mkfile", "unlink", "rename"})
+NS_OPS = frozenset({"mkdir", "rmdir", "mkfile", "unlink", "rename", "version", "drop"})
+VERSION_OPS = frozenset({"version", "drop"})  # name a record or tombstone that has landed
 
 
 class BadRecord(ValueError):
@@ -58,6 +66,25 @@ def tombstone_key(file_id: str, num: int) -> str:
 def ns_key(origin: str, seq: int, now: float | None = None) -> str:
     ms = int((time.time() if now is None else now) * 1000)
     return f"ns/{ms:013d}-{origin}-{seq:08d}.json"
+
+
+def ns_restamp(key: str, ms: int) -> str:
+    """The same event (origin and seq) stamped with another time."""
+    return f"ns/{ms:013d}{key[16:]}"
+
+
+def ns_ms(key: str) -> int:
+    return int(key[3:16])
+
+
+def ns_identity(key: str) -> str:
+    """``<origin>-<seq>``: what stays the same when an event is put again later."""
+    return key[17:-5]
+
+
+def ns_after(ms: int) -> str:
+    """A key that sorts before every event stamped at ``ms`` or later (for StartAfter)."""
+    return f"ns/{max(0, ms):013d}"
 
 
 def parse_record_key(key: str) -> tuple[str, int, bool]:
@@ -202,6 +229,7 @@ class NsEvent:
     to: str = ""
     file_id: str = ""
     mtime_ns: int = 0
+    num: int = 0  # "version" and "drop": the version number
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
@@ -210,17 +238,23 @@ class NsEvent:
             body["to"] = self.to
         if self.file_id:
             body["file_id"] = self.file_id
+        if self.num:
+            body["num"] = self.num
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "NsEvent":
-        d = _json_object(data, "namespace event")
+        return cls.from_dict(_json_object(data, "namespace event"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NsEvent":
         ev = cls(
             op=_field(d, "op", str),
             path=_field(d, "path", str),
             to=_field(d, "to", str, ""),
             file_id=_field(d, "file_id", str, ""),
             mtime_ns=_field(d, "mtime_ns", int, 0),
+            num=_field(d, "num", int, 0),
         )
         if ev.op not in NS_OPS:
             raise BadRecord(f"unknown namespace op {ev.op!r}")
@@ -229,9 +263,50 @@ class NsEvent:
         check_path(ev.path)
         if ev.op == "rename":
             check_path(ev.to)
-        if ev.op == "mkfile" and not _ID_RE.match(ev.file_id):
-            raise BadRecord("mkfile event without a valid file id")
+        if ev.op in ("mkfile", *VERSION_OPS) and not _ID_RE.match(ev.file_id):
+            raise BadRecord(f"{ev.op} event without a valid file id")
+        if ev.op in VERSION_OPS and not 1 <= ev.num <= VERSION_MAX:
+            raise BadRecord(f"{ev.op} event with version number {ev.num}")
         return ev
+
+
+NS_BATCH_MAX = 200  # events one feed object may hold
+
+
+def ns_batch(events: list[tuple[int, bytes]]) -> bytes:
+    """One feed object for several events of one writer, given as (seq, single-event JSON):
+    a bulk change (``cp -r`` of many files) costs one PUT per batch, not one per event."""
+    items = [{"seq": seq, **json.loads(body)} for seq, body in events]
+    return json.dumps({"format": 2, "events": items}, separators=(",", ":")).encode()
+
+
+def ns_events(key: str, data: bytes) -> list[tuple[str, NsEvent]]:
+    """The events a feed object holds, in order, each labelled with its key (``key#seq``
+    for the events of a batch; ``event_identity`` turns a label into the event's identity)."""
+    d = _json_object(data, "namespace event")
+    if d.get("format") != 2:
+        return [(key, NsEvent.from_dict(d))]
+    items = d.get("events")
+    if not isinstance(items, list) or not 1 <= len(items) <= NS_BATCH_MAX:
+        raise BadRecord(f"a batch holds 1 to {NS_BATCH_MAX} events")
+    out: list[tuple[str, NsEvent]] = []
+    last = int(key[-13:-5]) - 1
+    for item in items:
+        if not isinstance(item, dict):
+            raise BadRecord("a batched event is not an object")
+        seq = _field(item, "seq", int)
+        if not last < seq <= 99_999_999:
+            raise BadRecord(f"batched event seq {seq} is out of order")
+        last = seq
+        out.append((f"{key}#{seq:08d}", NsEvent.from_dict(item)))
+    return out
+
+
+def event_identity(label: str) -> str:
+    """``<origin>-<seq>`` of an event labelled by ``ns_events``."""
+    key, _, seq = label.partition("#")
+    ident = ns_identity(key)
+    return ident if not seq else f"{ident[:8]}-{seq}"
 
 
 def is_sha(value: str) -> bool:
