@@ -135,3 +135,21 @@ def test_sequential_reader_checks_the_next_chunk_into_l1(tmp_path: Path) -> None
                 reader.close()
 
     trio.run(main)
+
+
+def test_a_failed_thaw_keeps_its_file_open_until_its_fetchers_stop(tmp_path: Path) -> None:
+    """A reader woken by a failed chunk releases the thaw while another fetcher may still be
+    writing its own chunk: the file must stay open until the thaw itself has finished."""
+    from relayfs.store.thaw import Thaw
+
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    thaw = Thaw("s" * 64, 2 * CHUNK_SIZE, CHUNK_SIZE, ("a", "b"), fd)
+    thaw.readers = 1
+    thaw.fail(IntegrityError("chunk 1 does not match"))
+    assert all(ev.is_set() for ev in thaw.arrived)
+    thaw.release()
+    os.pwrite(fd, b"still open", 0)  # a fetcher still writing
+    thaw.finished.set()  # what Thawer._run does once every fetcher has stopped
+    thaw.close_if_idle()
+    with pytest.raises(OSError):
+        os.fstat(fd)

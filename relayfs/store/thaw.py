@@ -101,10 +101,11 @@ class Thaw:
             raise self.error
 
     def fail(self, error: Exception) -> None:
+        """Wake every reader with ``error``. ``finished`` is left to ``Thawer._run``: other
+        fetchers may still be writing, and the fd must stay open until they stop."""
         self.error = error
         for ev in self.arrived:
             ev.set()
-        self.finished.set()
 
 
 class Thawer:
