@@ -104,6 +104,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     not_before  REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_file ON jobs (file_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (key TEXT PRIMARY KEY);
 """
@@ -952,18 +953,21 @@ class Catalog:
         self._notify()
         return result
 
-    def known_versions(self) -> dict[str, set[int]]:
-        """Per file id, the version numbers this catalog holds or is deleting."""
-        out: dict[str, set[int]] = {}
-        for fid, num in self._r.execute(
-            "SELECT file_id, num FROM nodes WHERE kind = 'version'"
-            " UNION SELECT file_id, num FROM jobs WHERE kind = 'delete' AND file_id IS NOT NULL"
-        ):
-            out.setdefault(fid, set()).add(num)
+    def versions_to_fetch(self, pairs: Iterable[tuple[str, int]], new_fids: set[str]) -> list[tuple[str, int]]:
+        """Of the (file id, number) pairs other clients wrote, those of a file here (or in
+        ``new_fids``) that this catalog neither holds nor is deleting. Asks per pair, so a
+        poll costs what changed, not the size of the catalog."""
+        r = self._r
+        out = []
+        for fid, num in sorted(pairs):
+            if fid not in new_fids and not r.execute("SELECT 1 FROM nodes WHERE kind = 'vfile' AND file_id = ?", (fid,)).fetchone():
+                continue
+            if r.execute("SELECT 1 FROM nodes WHERE kind = 'version' AND file_id = ? AND num = ?", (fid, num)).fetchone():
+                continue
+            if r.execute("SELECT 1 FROM jobs WHERE kind = 'delete' AND file_id = ? AND num = ?", (fid, num)).fetchone():
+                continue
+            out.append((fid, num))
         return out
-
-    def file_ids(self) -> set[str]:
-        return {r[0] for r in self._r.execute("SELECT file_id FROM nodes WHERE kind = 'vfile'")}
 
     async def merge_remote(
         self,

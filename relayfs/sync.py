@@ -68,11 +68,9 @@ class Poller:
         used: dict[str, int] = {}
         for fid, num in live | tombstones:
             used[fid] = max(used.get(fid, 0), num)
-        fids = self.catalog.file_ids() | {ev.file_id for _, ev in events if ev.op == "mkfile"}
-        known = self.catalog.known_versions()
+        new_fids = {ev.file_id for _, ev in events if ev.op == "mkfile"}
         wanted = sorted(
-            key for key in (layout.record_key(fid, num) for fid, num in live - tombstones
-                            if fid in fids and num not in known.get(fid, set()))
+            key for key in (layout.record_key(fid, num) for fid, num in self.catalog.versions_to_fetch(live - tombstones, new_fids))
             if key not in self.bad
         )
         records: list[layout.VersionRecord] = []

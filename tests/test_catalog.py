@@ -295,3 +295,17 @@ def test_seen_events_of_an_older_catalog_become_identities(tmp_path: Path) -> No
         assert cat.seen_events() == {"abcdef01-00000009", "ns/0000000000007-abcdef01-00000009.json"}
     finally:
         cat.close()
+
+
+def test_versions_to_fetch_are_those_of_known_files_not_held_or_being_deleted(tmp_path: Path) -> None:
+    async def body(cat: Catalog):
+        draft = await cat.create(ROOT_INO, "f.txt", 0o644, "w")
+        await cat.commit(draft.ino, info(SHA_A))
+        vfile = cat.lookup(ROOT_INO, "f.txt")
+        await cat.commit(vfile.ino, info(SHA_B))
+        await cat.remove(vfile.ino, "v2", folder=False)  # v2 is being deleted here
+        fid, other, new = vfile.file_id, "3" * 32, "4" * 32
+        pairs = {(fid, 1), (fid, 2), (fid, 3), (other, 1), (new, 1)}
+        assert cat.versions_to_fetch(pairs, {new}) == sorted([(fid, 3), (new, 1)])
+
+    run(body, tmp_path)
